@@ -1,0 +1,1 @@
+"""Latency models of devices, model shapes and links (numpy/scipy only)."""

@@ -1,0 +1,1 @@
+"""The `mirrorstream` command line; the library lives in refimpl, simulator and hwmodels."""

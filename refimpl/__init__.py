@@ -1,0 +1,1 @@
+"""Reference implementation: numpy/numba Llama model, checkpoints, tokenizers, decoding methods."""

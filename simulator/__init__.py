@@ -1,0 +1,1 @@
+"""SimPy discrete-event replay of decoding traces on modelled devices."""

@@ -1,0 +1,264 @@
+"""Decoding traces: the one contract between the reference decoders and the simulator.
+
+A trace is a JSON Lines file. Line 1 is the header::
+
+    {"schema": "mirrorstream.trace", "version": 1, "method": "sd",
+     "params": {"gamma": 7}, "target": "qwen3-32b", "draft": "qwen3-0.6b",
+     "seed": 0, "prompt_tokens": 128}
+
+``target`` and ``draft`` are a model name or a shape dict; ``draft`` is null
+for methods without a draft model. Every further line is one record per target
+forward pass (one decoding step)::
+
+    {"context": 130, "target_tokens": 8, "draft_passes": 7,
+     "draft_tokens_per_pass": 1, "proposed": 7, "accepted": 5, "emitted": 6}
+
+Record fields (all counts are per sequence):
+
+- ``context``: KV-cache length of the target before the pass.
+- ``target_tokens``: query rows in the target pass (tree nodes for tree methods).
+- ``draft_passes``: forward passes of the draft (model or heads) in this step.
+- ``draft_tokens_per_pass``: query rows per draft pass and per branch, an int
+  (the same for every pass) or a list with one entry per pass.
+- ``proposed``: draft tokens offered for verification; ``accepted``: how many
+  of them the target accepted; ``emitted``: tokens committed by this step,
+  bonus/correction token included (so ``emitted <= accepted + 1``).
+- ``branches`` (optional, Mirror-SD): sequences the draft rolls out in each
+  pass, batched (one per early-exit candidate and depth).
+- ``coverage_hit`` (optional, Mirror-SD): whether a precomputed branch covered
+  the target's correction, so the next window is ready (false: fallback).
+- ``wall_s`` (optional): seconds the step took on the recording machine.
+- ``prefill`` (optional, default false): the record is the prompt's prefill
+  pass (``context`` 0, ``target_tokens`` = prompt length, ``emitted`` 1).
+
+This module uses only the standard library, numpy and ``refimpl.errors``, so
+that the simulator can read traces without importing the reference model.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import IO, Any, Iterable
+
+from refimpl.errors import InputError
+
+SCHEMA = "mirrorstream.trace"
+VERSION = 1
+
+
+@dataclass
+class TraceHeader:
+    """What produced the trace: method, its parameters, target/draft shapes, seed, prompt length."""
+
+    method: str
+    params: dict = field(default_factory=dict)
+    target: dict | str = ""
+    draft: dict | str | None = None
+    seed: int = 0
+    prompt_tokens: int = 0
+    schema: str = SCHEMA
+    version: int = VERSION
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """One decoding step: one target forward pass and the draft work that fed it."""
+
+    context: int
+    target_tokens: int
+    draft_passes: int
+    draft_tokens_per_pass: int | list[int]
+    proposed: int
+    accepted: int
+    emitted: int
+    branches: int | None = None
+    coverage_hit: bool | None = None
+    wall_s: float | None = None
+    prefill: bool = False
+
+    def draft_token_list(self) -> list[int]:
+        """Query rows of each draft pass, one entry per pass."""
+        per_pass = self.draft_tokens_per_pass
+        if isinstance(per_pass, list):
+            return list(per_pass)
+        return [per_pass] * self.draft_passes
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of this record; optional fields left out when unset."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in _OPTIONAL:
+            if out[name] is None:
+                del out[name]
+        if not out["prefill"]:
+            del out["prefill"]
+        return out
+
+
+_REQUIRED = ("context", "target_tokens", "draft_passes", "draft_tokens_per_pass",
+             "proposed", "accepted", "emitted")
+_OPTIONAL = ("branches", "coverage_hit", "wall_s")
+_RECORD_KEYS = frozenset(f.name for f in fields(StepRecord))
+_HEADER_KEYS = frozenset(f.name for f in fields(TraceHeader))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_count(name: str, value: Any, minimum: int = 0) -> None:
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f"'{name}' must be an integer >= {minimum}, got {value!r}")
+
+
+def validate_header(header: TraceHeader) -> None:
+    """Raise ValueError naming the first field of the header that is wrong."""
+    if header.schema != SCHEMA:
+        raise ValueError(f"not a mirrorstream trace (schema {header.schema!r}, expected {SCHEMA!r})")
+    if header.version != VERSION:
+        raise ValueError(f"trace schema version {header.version!r} is not supported (this reader knows {VERSION})")
+    if not isinstance(header.method, str) or not header.method:
+        raise ValueError("'method' must be a non-empty string")
+    if not isinstance(header.params, dict):
+        raise ValueError("'params' must be an object")
+    if not isinstance(header.target, (dict, str)) or not header.target:
+        raise ValueError("'target' must be a model name or a shape object")
+    if header.draft is not None and not isinstance(header.draft, (dict, str)):
+        raise ValueError("'draft' must be a model name, a shape object or null")
+    _check_count("seed", header.seed)
+    _check_count("prompt_tokens", header.prompt_tokens)
+
+
+def validate_record(record: StepRecord) -> None:
+    """Raise ValueError naming the first field of the record that is wrong."""
+    for name in ("context", "draft_passes", "proposed", "accepted", "emitted"):
+        _check_count(name, getattr(record, name))
+    _check_count("target_tokens", record.target_tokens, minimum=1)
+    per_pass = record.draft_tokens_per_pass
+    if isinstance(per_pass, list):
+        if len(per_pass) != record.draft_passes:
+            raise ValueError(f"'draft_tokens_per_pass' has {len(per_pass)} entries for "
+                             f"{record.draft_passes} draft passes")
+        for n in per_pass:
+            _check_count("draft_tokens_per_pass", n, minimum=1)
+    else:
+        _check_count("draft_tokens_per_pass", per_pass, minimum=1 if record.draft_passes else 0)
+    if record.accepted > record.proposed:
+        raise ValueError(f"'accepted' ({record.accepted}) exceeds 'proposed' ({record.proposed})")
+    if record.emitted > record.accepted + 1:
+        raise ValueError(f"'emitted' ({record.emitted}) exceeds 'accepted' + 1 ({record.accepted + 1})")
+    if record.branches is not None:
+        _check_count("branches", record.branches, minimum=1)
+    if record.coverage_hit is not None and not isinstance(record.coverage_hit, bool):
+        raise ValueError(f"'coverage_hit' must be true, false or absent, got {record.coverage_hit!r}")
+    if record.wall_s is not None:
+        wall = record.wall_s
+        if isinstance(wall, bool) or not isinstance(wall, (int, float)) or not math.isfinite(wall) or wall < 0:
+            raise ValueError(f"'wall_s' must be a finite number of seconds >= 0, got {wall!r}")
+    if not isinstance(record.prefill, bool):
+        raise ValueError(f"'prefill' must be true or false, got {record.prefill!r}")
+
+
+class TraceWriter:
+    """Write a trace: the header on entering, then one line per `write(record)`.
+
+    >>> with TraceWriter("run.jsonl", TraceHeader(method="ar", target="qwen3-0.6b")) as w:
+    ...     w.write(StepRecord(context=5, target_tokens=1, draft_passes=0,
+    ...                        draft_tokens_per_pass=0, proposed=0, accepted=0, emitted=1))
+    """
+
+    def __init__(self, path: str | Path, header: TraceHeader):
+        validate_header(header)
+        self.path = Path(path)
+        self.header = header
+        self._file: IO[str] | None = None
+
+    def __enter__(self) -> "TraceWriter":
+        self._file = open(self.path, "w", encoding="utf-8")
+        self._file.write(json.dumps(asdict(self.header), sort_keys=False) + "\n")
+        return self
+
+    def write(self, record: StepRecord) -> None:
+        validate_record(record)
+        assert self._file is not None, "TraceWriter.write outside its `with` block"
+        self._file.write(json.dumps(record.to_dict()) + "\n")
+
+    def write_all(self, records: Iterable[StepRecord]) -> None:
+        for record in records:
+            self.write(record)
+
+    def __exit__(self, *exc_info) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def write_trace(path: str | Path, header: TraceHeader, records: Iterable[StepRecord]) -> None:
+    """Write a whole trace in one call."""
+    with TraceWriter(path, header) as writer:
+        writer.write_all(records)
+
+
+def _parse_line(path: Path, lineno: int, line: str) -> dict:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{path}:{lineno}: expected a JSON object")
+    return obj
+
+
+def _header_from(path: Path, obj: dict) -> TraceHeader:
+    if obj.get("schema") != SCHEMA:
+        raise InputError(f"{path}:1: not a mirrorstream trace (schema {obj.get('schema')!r}, expected {SCHEMA!r})")
+    if obj.get("version") != VERSION:
+        raise InputError(f"{path}:1: trace schema version {obj.get('version')!r} is not supported "
+                         f"(this reader knows version {VERSION})")
+    unknown = sorted(set(obj) - _HEADER_KEYS)
+    if unknown:
+        raise InputError(f"{path}:1: unknown header field(s) {', '.join(unknown)}")
+    if "method" not in obj:
+        raise InputError(f"{path}:1: header lacks 'method'")
+    header = TraceHeader(**obj)
+    try:
+        validate_header(header)
+    except ValueError as exc:
+        raise InputError(f"{path}:1: {exc}") from None
+    return header
+
+
+def _record_from(path: Path, lineno: int, obj: dict) -> StepRecord:
+    missing = [name for name in _REQUIRED if name not in obj]
+    if missing:
+        raise InputError(f"{path}:{lineno}: record lacks {', '.join(repr(m) for m in missing)}")
+    unknown = sorted(set(obj) - _RECORD_KEYS)
+    if unknown:
+        raise InputError(f"{path}:{lineno}: unknown record field(s) {', '.join(unknown)}")
+    record = StepRecord(**obj)
+    try:
+        validate_record(record)
+    except ValueError as exc:
+        raise InputError(f"{path}:{lineno}: {exc}") from None
+    return record
+
+
+def read_trace(path: str | Path) -> tuple[TraceHeader, list[StepRecord]]:
+    """Read and validate a trace file; raise InputError naming the file and line on any fault."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such trace file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read trace ({exc.__class__.__name__}: {exc})") from None
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise InputError(f"{path}:1: empty trace (expected a header line)")
+    header = _header_from(path, _parse_line(path, 1, lines[0]))
+    records = []
+    for lineno, line in enumerate(lines[1:], start=2):
+        if line.strip():
+            records.append(_record_from(path, lineno, _parse_line(path, lineno, line)))
+    return header, records

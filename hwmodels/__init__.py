@@ -1,1 +1,17 @@
-"""Latency models of devices, model shapes and links (numpy/scipy only)."""
+"""Latency models of devices, model shapes and links (numpy/scipy only).
+
+Public API (used by the simulator):
+
+    get_device, get_model, get_link, known_devices, known_models, known_links,
+    forward_latency, link_latency, allreduce_time, Device, Link, ModelShape, Latency
+"""
+from .devices import Device, Link, get_device, get_link, known_devices, known_links, link_latency
+from .errors import InputError
+from .latency import Latency, allreduce_time, forward_latency, pass_work
+from .models import ModelShape, get_model, known_models
+
+__all__ = [
+    "Device", "InputError", "Latency", "Link", "ModelShape", "allreduce_time", "forward_latency",
+    "get_device", "get_link", "get_model", "known_devices", "known_links", "known_models",
+    "link_latency", "pass_work",
+]

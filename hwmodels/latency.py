@@ -1,0 +1,209 @@
+"""Latency of one forward pass of a model shape on a device.
+
+For n query tokens per sequence, batch B, KV context L, tensor-parallel degree G
+and the blocks [a, b) (plus, optionally, the final norm and classifier):
+
+    per component (the blocks; the classifier):
+        c = flops / (peak[dtype] * compute_efficiency)
+        m = bytes / (bandwidth * memory_efficiency)
+        t = max(c, m) + (1 - overlap) * min(c, m)
+    overhead      = layer_overhead * (b - a) + pass_overhead if a == 0
+    communication = collectives * (alpha * log2(G) + beta * message)
+
+Work per device (one of G): weights once per pass, KV-cache reads of the L + n
+keys and writes of the n new ones, and the activations in and out of every
+matmul, all divided by G; FLOPs are 2 per multiply-add of the matmuls plus the
+two attention products over the average key count L + (n + 1) / 2.
+
+Collectives: Megatron tensor parallelism does 2 all-reduces per block; SPD-style
+sharding (Mirror-SD's draft) splits the blocks into `spd_segments` contiguous
+segments with one all-reduce at the end of each. The message of one all-reduce
+is B * n * hidden * bytes / G (Mirror-SD, arXiv 2510.13161 §3.4).
+
+The pass overhead belongs to the range that starts at block 0, so timing blocks
+[0, e) and [e, N) separately adds up exactly to timing [0, N). The breakdown
+charges each component's bound term to its category ('compute' or 'memory') and
+the unhidden part of the other term to the other, so the four parts add up to
+`seconds`; `compute_time` and `memory_time` are the raw roofline terms.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .devices import Device, Link, get_device, get_link
+from .dtypes import activation_bytes_per_element, check_dtype, weight_bytes_per_element
+from .errors import InputError
+from .models import ModelShape, get_model
+
+SHARDINGS = ("megatron", "spd")
+
+
+def allreduce_time(link: Link, nbytes: float, group: int) -> float:
+    """One all-reduce over `group` devices: alpha * log2(G) + beta * nbytes (0 for G = 1)."""
+    if group <= 1:
+        return 0.0
+    return link.alpha_s * math.log2(group) + link.beta_s_per_byte * nbytes
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one device does in one pass, before any device rate is applied."""
+
+    block_flops: float
+    block_bytes: float
+    head_flops: float
+    head_bytes: float
+    n_blocks: int
+    starts_pass: bool
+    collectives: int
+    message_bytes: float
+    tp: int
+
+
+@dataclass(frozen=True)
+class Latency:
+    """The time of one forward pass and where it goes."""
+
+    seconds: float
+    breakdown: dict
+    bound: str
+    compute_time: float
+    memory_time: float
+    flops: float
+    bytes: float
+    collectives: int
+    message_bytes: float
+    device: str
+    model: str
+    n_tokens: int
+    context: int
+    batch: int
+    tp: int
+    dtype: str
+    layers: tuple
+    classifier: bool
+    sharding: str
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["layers"] = list(self.layers)
+        return out
+
+
+def _int_option(name: str, value, minimum: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name}: expected an integer, got {value!r}") from None
+    if number != value and not isinstance(value, str):
+        raise InputError(f"{name}: expected an integer, got {value!r}")
+    if number < minimum:
+        raise InputError(f"{name}: must be >= {minimum}, got {number}")
+    return number
+
+
+def _collectives(shape: ModelShape, a: int, b: int, sharding: str, spd_segments: int) -> int:
+    if sharding == "megatron":
+        return 2 * (b - a)
+    ends = {round(shape.n_layers * k / spd_segments) for k in range(1, spd_segments + 1)}
+    return sum(1 for end in ends if a < end <= b)
+
+
+def pass_work(shape: ModelShape, n_tokens: int, context: int, *, batch: int = 1, tp: int = 1,
+              dtype: str = "fp16", layers=None, classifier=None, sharding: str = "megatron",
+              spd_segments: int = 2) -> Work:
+    """The FLOPs, bytes and collectives of one pass on one of `tp` devices."""
+    n = _int_option("tokens", n_tokens, 1)
+    L = _int_option("context", context, 0)
+    B = _int_option("batch", batch, 1)
+    G = _int_option("tp", tp, 1)
+    dtype = check_dtype(dtype)
+    if G > shape.n_heads:
+        raise InputError(f"tp: {G} exceeds the {shape.n_heads} attention heads of model {shape.name}")
+    if sharding not in SHARDINGS:
+        raise InputError(f"sharding: expected one of {', '.join(SHARDINGS)}, got {sharding!r}")
+    segments = _int_option("spd_segments", spd_segments, 1)
+    a, b = shape.check_layers(layers)
+    with_head = (b == shape.n_layers) if classifier is None else bool(classifier)
+    wb, ab = weight_bytes_per_element(dtype), activation_bytes_per_element(dtype)
+
+    tokens = B * n
+    matmuls = shape.block_matmuls()
+    keys_read = L + n                    # the cache plus the new keys, read once per sequence
+    mean_keys = L + (n + 1) / 2          # causal: token i sees L + i + 1 keys
+    block_flops = (2 * tokens * sum(i * o for i, o in matmuls)
+                   + 4 * tokens * mean_keys * shape.q_dim) / G
+    block_bytes = (shape.block_params() * wb
+                   + B * (keys_read + n) * 2 * shape.kv_dim * ab
+                   + tokens * sum(i + o for i, o in matmuls) * ab) / G
+    head_flops = head_bytes = 0.0
+    if with_head:
+        h, v = shape.hidden_size, shape.vocab_size
+        head_flops = 2 * tokens * v * h / G
+        head_bytes = (v * h * wb + tokens * (h + v) * ab) / G
+    collectives = _collectives(shape, a, b, sharding, segments) if G > 1 else 0
+    return Work(block_flops=block_flops * (b - a), block_bytes=block_bytes * (b - a),
+                head_flops=head_flops, head_bytes=head_bytes, n_blocks=b - a, starts_pass=a == 0,
+                collectives=collectives, message_bytes=tokens * shape.hidden_size * ab / G, tp=G)
+
+
+def _roofline(flops, nbytes, peak, device: Device):
+    """(charged to compute, charged to memory, raw compute, raw memory) of one component."""
+    c = flops / (peak * device.compute_efficiency)
+    m = nbytes / (device.memory_bandwidth * device.memory_efficiency)
+    hidden = (1.0 - device.overlap) * np.minimum(c, m)
+    compute_bound = c > m
+    return (np.where(compute_bound, c, hidden), np.where(compute_bound, hidden, m), c, m)
+
+
+def time_parts(work: Work, device: Device, peak, link: Link | None) -> dict:
+    """Seconds per category; works elementwise when the Work fields are numpy arrays."""
+    blocks = _roofline(work.block_flops, work.block_bytes, peak, device)
+    head = _roofline(work.head_flops, work.head_bytes, peak, device)
+    overhead = device.layer_overhead_s * work.n_blocks + device.pass_overhead_s * work.starts_pass
+    if link is None:
+        comm = 0.0 * work.collectives
+    else:
+        alpha_term = link.alpha_s * np.log2(np.maximum(work.tp, 1))
+        comm = work.collectives * (alpha_term + link.beta_s_per_byte * work.message_bytes)
+    return {"compute": blocks[0] + head[0], "memory": blocks[1] + head[1], "overhead": overhead,
+            "communication": comm, "compute_time": blocks[2] + head[2], "memory_time": blocks[3] + head[3]}
+
+
+def _tp_link(device: Device, tp: int, link) -> Link | None:
+    if link is not None:
+        return get_link(link)
+    if tp > 1 and device.tp_link is None:
+        raise InputError(f"tp: device {device.key} has no tensor-parallel link; use tp=1 or name a link")
+    return device.tp_link
+
+
+def forward_latency(shape_or_name, device_or_name, n_tokens: int, context: int, *, batch: int = 1,
+                    tp: int = 1, dtype: str = "fp16", layers=None, classifier=None,
+                    sharding: str = "megatron", spd_segments: int = 2, link=None) -> Latency:
+    """Seconds of one forward pass (see the module docstring for the model).
+
+    layers=(a, b) is half-open over the transformer blocks (default: all);
+    classifier defaults to True iff the range ends at the last block;
+    sharding="spd" is Mirror-SD's draft sharding (2 all-reduces per pass);
+    link overrides the device's tensor-parallel link.
+    """
+    shape = get_model(shape_or_name)
+    device = get_device(device_or_name)
+    peak = device.peak(dtype)
+    work = pass_work(shape, n_tokens, context, batch=batch, tp=tp, dtype=dtype, layers=layers,
+                     classifier=classifier, sharding=sharding, spd_segments=spd_segments)
+    parts = {k: float(v) for k, v in time_parts(work, device, peak, _tp_link(device, work.tp, link)).items()}
+    breakdown = {k: parts[k] for k in ("compute", "memory", "overhead", "communication")}
+    a, b = shape.check_layers(layers)
+    return Latency(
+        seconds=sum(breakdown.values()), breakdown=breakdown,
+        bound="compute" if parts["compute_time"] > parts["memory_time"] else "memory",
+        compute_time=parts["compute_time"], memory_time=parts["memory_time"],
+        flops=work.block_flops + work.head_flops, bytes=work.block_bytes + work.head_bytes,
+        collectives=work.collectives, message_bytes=work.message_bytes, device=device.key,
+        model=shape.name, n_tokens=int(n_tokens), context=int(context), batch=int(batch), tp=work.tp,
+        dtype=check_dtype(dtype), layers=(a, b), classifier=work.head_flops > 0, sharding=sharding)

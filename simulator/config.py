@@ -1,0 +1,92 @@
+"""What is simulated: models, device groups, the link, and the speculation parameters."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Group:
+    """A device group: a device (hwmodels name or Device), how many, and the tensor-parallel degree.
+
+    `count // tp` replicas share a batch evenly; `count` defaults to `tp`.
+    """
+
+    device: Any
+    tp: int = 1
+    count: int | None = None
+
+    @property
+    def devices(self) -> int:
+        return self.count if self.count is not None else self.tp
+
+    @property
+    def replicas(self) -> int:
+        return self.devices // self.tp
+
+
+def kappa_for_batch(batch: int) -> int:
+    """Mirror-SD's κ by batch size (mirror-sd.md §8.4): 8 up to B = 8, then 4, 2, and 1 from B = 64."""
+    if batch <= 8:
+        return 8
+    if batch <= 16:
+        return 4
+    if batch <= 32:
+        return 2
+    return 1
+
+
+def ss_streams_for_batch(batch: int) -> int:
+    """Speculative Streaming lookahead streams of Mirror-SD's draft: 2 for B <= 8, else 1 (§8.4)."""
+    return 2 if batch <= 8 else 1
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """One simulated system. Defaults: the Mirror-SD paper's testbed (mirror-sd.md §6, §9).
+
+    `kappa`, `exit_layer` and `ss_streams` left at None follow the paper's rules
+    (κ by batch, ℓe = N/2, SS streams by batch).
+    """
+
+    target_model: Any = "qwen3-32b"
+    draft_model: Any = "qwen3-0.6b"
+    target: Group = field(default_factory=lambda: Group("m2-ultra-gpu", tp=8))
+    draft: Group = field(default_factory=lambda: Group("m2-ultra-ane", tp=8))
+    link: Any = "m2-ultra-unified"
+    dtype: str = "fp16"
+    draft_dtype: str | None = None
+    gamma: int = 7
+    kappa: int | None = None
+    exit_layer: int | None = None
+    batch: int = 1
+    ss_streams: int | None = None
+    tree_nodes: int | None = None
+    branches: int | None = None
+    draft_sharding: str = "spd"
+
+    def __post_init__(self):
+        for name, minimum in (("gamma", 0), ("batch", 1), ("kappa", 1), ("exit_layer", 1),
+                              ("ss_streams", 0), ("tree_nodes", 1), ("branches", 1)):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < minimum):
+                raise InputError(f"--{name.replace('_', '-')}: must be an integer >= {minimum}, got {value!r}")
+        for role, group in (("target", self.target), ("draft", self.draft)):
+            option = "--tp" if role == "target" else "--draft-tp"
+            if not isinstance(group.tp, int) or group.tp < 1:
+                raise InputError(f"{option}: must be an integer >= 1, got {group.tp!r}")
+            if group.devices < group.tp or group.devices % group.tp:
+                raise InputError(f"--{role}-devices: {group.devices} devices do not split into "
+                                 f"tensor-parallel groups of {group.tp}")
+
+    @property
+    def kappa_used(self) -> int:
+        return self.kappa if self.kappa is not None else kappa_for_batch(self.batch)
+
+    @property
+    def ss_tokens(self) -> int:
+        """Tokens per draft pass with Speculative Streaming: the main stream plus the lookahead streams."""
+        streams = self.ss_streams if self.ss_streams is not None else ss_streams_for_batch(self.batch)
+        return 1 + streams

@@ -1,0 +1,135 @@
+"""How long each pass takes: hwmodels' latency of one forward pass, memoised, or given constants.
+
+A cost model answers five questions (seconds):
+
+- ``target(rows, context, batch, part)``: a target pass, ``part`` "full", or
+  Mirror-SD's "prefix" (layers 1..ℓe, then the LM head for the early exit) and
+  "suffix" (layers ℓe+1..N and the LM head);
+- ``draft(rows, context, sequences)``: one draft pass over `sequences` batched rows;
+- ``heads(kind, rows, context, batch)``: one Medusa-head / EAGLE-draft pass on the target's devices;
+- ``early_exit_message(step)`` / ``verdict_message(step)``: Mirror-SD's two rendezvous.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .batching import Step
+from .config import SimConfig
+from .errors import InputError
+
+#: Token channel payload per candidate: an int32 id and a bf16 log-prob (mirror-sd.md §3.1, §13).
+CANDIDATE_BYTES = 4 + 2
+#: Verdict payload per sequence: accepted length A and correction token c, int32 each.
+VERDICT_BYTES = 4 + 4
+
+
+class HardwareCosts:
+    """Per-pass latencies of the configured models on the configured devices, from hwmodels."""
+
+    def __init__(self, config: SimConfig):
+        import hwmodels
+
+        self._hw = hwmodels
+        self.config = config
+        self.target_shape = hwmodels.get_model(config.target_model)
+        self.draft_shape = hwmodels.get_model(config.draft_model)
+        self.target_device = hwmodels.get_device(config.target.device)
+        self.draft_device = hwmodels.get_device(config.draft.device)
+        self.link = hwmodels.get_link(config.link)
+        self.n_layers = self.target_shape.n_layers
+        self.exit_layer = config.exit_layer if config.exit_layer is not None else self.n_layers // 2
+        if not 1 <= self.exit_layer < self.n_layers:
+            raise InputError(f"--exit-layer: {self.exit_layer} is outside model {self.target_shape.name} "
+                             f"(need 1 <= exit layer <= {self.n_layers - 1})")
+        self.kappa = config.kappa_used
+        if self.kappa > self.target_shape.vocab_size:
+            raise InputError(f"--kappa: {self.kappa} exceeds the vocabulary of {self.target_shape.name} "
+                             f"({self.target_shape.vocab_size} tokens)")
+        self.draft_dtype = config.draft_dtype or config.dtype
+        self._check_fit()
+        self._cache: dict[tuple, float] = {}
+
+    def _check_fit(self) -> None:
+        """The devices support the dtypes and hold the weights (hwmodels' checks, one-line errors)."""
+        hw = self._hw
+        groups = ((self.target_shape, self.target_device, self.config.target, self.config.dtype, "target"),
+                  (self.draft_shape, self.draft_device, self.config.draft, self.draft_dtype, "draft"))
+        for shape, device, group, dtype, role in groups:
+            hw.check_dtype_supported(device, dtype, option=f"--{role}-hw")
+            hw.check_fits(shape, device, tp=group.tp, dtype=dtype, option=f"--{role}-hw")
+
+    def _latency(self, key: tuple, shape, device, rows: int, context: int, batch: int, tp: int,
+                 dtype: str, **kwargs) -> float:
+        try:
+            return self._cache[key]
+        except KeyError:
+            seconds = self._hw.forward_latency(shape, device, rows, context, batch=batch, tp=tp,
+                                               dtype=dtype, **kwargs).seconds
+            self._cache[key] = seconds
+            return seconds
+
+    def _per_replica(self, group, sequences: int) -> int:
+        return math.ceil(sequences / group.replicas)
+
+    def target(self, rows: int, context: int, batch: int, part: str = "full") -> float:
+        group = self.config.target
+        layers = {"full": None, "prefix": (0, self.exit_layer), "suffix": (self.exit_layer, self.n_layers)}[part]
+        return self._latency(("target", part, rows, context, batch), self.target_shape, self.target_device,
+                             rows, context, self._per_replica(group, batch), group.tp, self.config.dtype,
+                             layers=layers, classifier=True)
+
+    def draft(self, rows: int, context: int, sequences: int) -> float:
+        group = self.config.draft
+        return self._latency(("draft", rows, context, sequences), self.draft_shape, self.draft_device,
+                             rows, context, self._per_replica(group, sequences), group.tp, self.draft_dtype,
+                             sharding=self.config.draft_sharding)
+
+    def heads(self, kind: str, rows: int, context: int, batch: int) -> float:
+        """A Medusa-heads or EAGLE-draft pass, modelled as one target block plus the LM head."""
+        group = self.config.target
+        last = (self.n_layers - 1, self.n_layers)
+        return self._latency(("heads", rows, context, batch), self.target_shape, self.target_device,
+                             rows, context, self._per_replica(group, batch), group.tp, self.config.dtype,
+                             layers=last, classifier=True)
+
+    def early_exit_message(self, step: Step) -> float:
+        """Rendezvous 1: top-κ ids and log-probs of every window position, every sequence."""
+        return self._hw.link_latency(self.link, step.batch * step.rows * self.kappa * CANDIDATE_BYTES)
+
+    def verdict_message(self, step: Step) -> float:
+        """Rendezvous 2: (A, c) of every sequence."""
+        return self._hw.link_latency(self.link, step.batch * VERDICT_BYTES)
+
+
+@dataclass(frozen=True)
+class ConstantCosts:
+    """Fixed per-pass times, whatever the rows, context or batch: the paper's latency law by hand.
+
+    A full target pass costs `target_prefix + target_suffix`; each rendezvous costs `rendezvous`.
+    """
+
+    target_prefix: float
+    target_suffix: float
+    draft_pass: float
+    rendezvous: float = 0.0
+    heads_pass: float = 0.0
+
+    def target(self, rows: int, context: int, batch: int, part: str = "full") -> float:
+        if part == "prefix":
+            return self.target_prefix
+        if part == "suffix":
+            return self.target_suffix
+        return self.target_prefix + self.target_suffix
+
+    def draft(self, rows: int, context: int, sequences: int) -> float:
+        return self.draft_pass
+
+    def heads(self, kind: str, rows: int, context: int, batch: int) -> float:
+        return self.heads_pass
+
+    def early_exit_message(self, step: Step) -> float:
+        return self.rendezvous
+
+    def verdict_message(self, step: Step) -> float:
+        return self.rendezvous

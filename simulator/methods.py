@@ -1,0 +1,89 @@
+"""Decoding methods as SimPy processes: how each schedules the target, the draft and the link.
+
+Every method is a generator ``method(sim, steps, costs)`` that walks the batched
+steps of a workload (`simulator.batching.Step`) and asks `costs` (see
+`simulator.costs`) how long each pass takes on the modelled hardware.
+"""
+from __future__ import annotations
+
+from .batching import Step
+from .engine import Simulation
+
+
+def _draft_seconds(costs, step: Step, sequences: int) -> float:
+    """One rollout: the step's draft passes, `sequences` of them batched."""
+    return sum(costs.draft(rows, step.context, sequences) for rows in step.draft_rows)
+
+
+def ar(sim: Simulation, steps, costs):
+    """Autoregressive decoding: one full target pass per step."""
+    for step in sim.steps(steps):
+        yield from sim.serial(("target", "target", costs.target(step.rows, step.context, step.batch)))
+
+
+def sd(sim: Simulation, steps, costs):
+    """Vanilla speculative decoding: the draft's passes, then one target verification pass."""
+    for step in sim.steps(steps):
+        yield from sim.serial(("draft", "draft", _draft_seconds(costs, step, step.batch)),
+                              ("target", "target", costs.target(step.rows, step.context, step.batch)))
+
+
+def ss(sim: Simulation, steps, costs):
+    """Speculative Streaming: one fused verify-and-draft target pass over the tree."""
+    yield from ar(sim, steps, costs)
+
+
+def _with_heads(kind: str):
+    def method(sim: Simulation, steps, costs):
+        for step in sim.steps(steps):
+            heads = sum(costs.heads(kind, rows, step.context, step.batch) for rows in step.draft_rows)
+            yield from sim.serial(("target", "heads", heads),
+                                  ("target", "target", costs.target(step.rows, step.context, step.batch)))
+    method.__name__ = kind
+    method.__doc__ = f"{kind.capitalize()}: the drafting {kind} passes on the target's devices, then one target pass."
+    return method
+
+
+medusa = _with_heads("medusa")
+eagle = _with_heads("eagle")
+
+
+def mirror(sim: Simulation, steps, costs):
+    """Mirror-SD: draft rollouts overlap the target's suffix layers between two rendezvous.
+
+    Per decode step: target layers 1..ℓe, rendezvous 1 (top-κ ids + log-probs to
+    the draft), then concurrently the target's layers ℓe+1..N and the draft's
+    branch rollouts, then rendezvous 2 ((A, c) back to the draft). If the
+    correction was covered the next window is ready; otherwise (fallback) a fresh
+    rollout runs on the critical path before the next step.
+    """
+    env = sim.env
+    window_ready = True
+    for step in sim.steps(steps):
+        if step.prefill:
+            yield from _prefill(sim, step, costs)
+            window_ready = False            # the first window needs a fresh rollout
+            continue
+        if not window_ready:
+            yield from sim.serial(("draft", "fallback_draft", _draft_seconds(costs, step, step.batch)))
+        yield from sim.serial(("target", "target_prefix", costs.target(step.rows, step.context, step.batch,
+                                                                       part="prefix")),
+                              ("link", "rendezvous", costs.early_exit_message(step)))
+        rollout = env.process(sim.background("draft", "draft",
+                                             _draft_seconds(costs, step, step.batch * step.branches)))
+        yield from sim.serial(("target", "target_suffix", costs.target(step.rows, step.context, step.batch,
+                                                                       part="suffix")))
+        yield from sim.wait(rollout, "draft")
+        yield from sim.serial(("link", "rendezvous", costs.verdict_message(step)))
+        window_ready = step.coverage_hit
+
+
+def _prefill(sim: Simulation, step: Step, costs):
+    """The prompt's prefill: target and draft process the prompt concurrently."""
+    draft = sim.env.process(sim.background("draft", "draft", _draft_seconds(costs, step, step.batch)))
+    yield from sim.serial(("target", "target", costs.target(step.rows, step.context, step.batch)))
+    yield from sim.wait(draft, "draft")
+
+
+#: Method name -> process. `mirror+ss` is `mirror` on records whose draft passes emit several tokens.
+METHODS = {"ar": ar, "sd": sd, "ss": ss, "medusa": medusa, "eagle": eagle, "mirror": mirror, "mirror+ss": mirror}

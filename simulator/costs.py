@@ -52,12 +52,16 @@ class HardwareCosts:
 
     def _check_fit(self) -> None:
         """The devices support the dtypes and hold the weights (hwmodels' checks, one-line errors)."""
-        hw = self._hw
         groups = ((self.target_shape, self.target_device, self.config.target, self.config.dtype, "target"),
                   (self.draft_shape, self.draft_device, self.config.draft, self.draft_dtype, "draft"))
         for shape, device, group, dtype, role in groups:
-            hw.check_dtype_supported(device, dtype, option=f"--{role}-hw")
-            hw.check_fits(shape, device, tp=group.tp, dtype=dtype, option=f"--{role}-hw")
+            if not device.supports(dtype):
+                raise InputError(f"--{role}-hw: device {device.key} does not support {dtype} "
+                                 f"(supported: {', '.join(sorted(device.peak_flops))})")
+            try:
+                device.check_fits(shape, dtype, tp=group.tp, batch=self.config.batch)
+            except self._hw.InputError as exc:
+                raise InputError(f"--{role}-hw: {exc}") from None
 
     def _latency(self, key: tuple, shape, device, rows: int, context: int, batch: int, tp: int,
                  dtype: str, **kwargs) -> float:

@@ -1,0 +1,145 @@
+"""Loading llama2.c checkpoints, and finding models by name.
+
+Formats (both float32, little-endian):
+
+* legacy (headerless): 7 int32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads,
+  vocab_size, seq_len; a negative vocab_size means an untied classifier), then
+  token embedding, attention norms, wq, wk, wv, wo, ffn norms, w1, w2, w3, final
+  norm, the RoPE cos and sin tables (seq_len * head_dim/2 each, unused here),
+  and the classifier when untied.
+* version 1 export: uint32 magic 0x616b3432 ("ak42"), int32 version 1, the 7
+  int32 values, one byte `shared_classifier`, zero padding to 256 bytes; then
+  attention norms, ffn norms, final norm, token embedding, wq, wk, wv, wo, w1,
+  w2, w3, and the classifier when untied.
+
+The file is memory-mapped; the embedding and norms are used in place, the
+linear weights are packed once into the batch-invariant tile layout.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from refimpl.errors import InputError
+from refimpl.model import Model, ModelConfig
+
+MAGIC = 0x616B3432
+HEADER_V1_BYTES = 256
+LEGACY_HEADER_BYTES = 28
+
+
+def read_config(path: Path) -> tuple[ModelConfig, int, str]:
+    """(config, byte offset of the first weight, format name) from a checkpoint header."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(HEADER_V1_BYTES)
+    except FileNotFoundError:
+        raise InputError(f"{path}: checkpoint file not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a checkpoint file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read checkpoint ({exc.strerror})") from None
+    if len(head) < LEGACY_HEADER_BYTES:
+        raise InputError(f"{path}: file of {size} bytes is too short to be a llama2.c checkpoint")
+    (magic,) = struct.unpack_from("<I", head, 0)
+    if magic == MAGIC:
+        if len(head) < HEADER_V1_BYTES:
+            raise InputError(f"{path}: truncated version header")
+        (version,) = struct.unpack_from("<i", head, 4)
+        if version != 1:
+            raise InputError(f"{path}: llama2.c export version {version} is not supported (only fp32 version 1)")
+        values = struct.unpack_from("<7i", head, 8)
+        shared = bool(head[36])
+        config = _config(values, shared)
+        fmt, offset = "llama2c-v1", HEADER_V1_BYTES
+    else:
+        values = struct.unpack_from("<7i", head, 0)
+        shared = values[5] > 0
+        config = _config(values[:5] + (abs(values[5]),) + values[6:], shared)
+        fmt, offset = "llama2c-legacy", LEGACY_HEADER_BYTES
+    config.validate(str(path))
+    return config, offset, fmt
+
+
+def _config(values: tuple[int, ...], shared: bool) -> ModelConfig:
+    dim, hidden, n_layers, n_heads, n_kv_heads, vocab, seq_len = values
+    return ModelConfig(dim=dim, hidden_dim=hidden, n_layers=n_layers, n_heads=n_heads,
+                       n_kv_heads=n_kv_heads, vocab_size=vocab, seq_len=seq_len,
+                       shared_classifier=shared)
+
+
+def _tensor_shapes(config: ModelConfig, fmt: str) -> list[tuple[str, tuple[int, ...]]]:
+    """Names and shapes of the stored tensors, in file order."""
+    c = config
+    L, D, H, KV, V = c.n_layers, c.dim, c.hidden_dim, c.kv_dim, c.vocab_size
+    linear = [("wq", (L, D, D)), ("wk", (L, KV, D)), ("wv", (L, KV, D)), ("wo", (L, D, D))]
+    mlp = [("w1", (L, H, D)), ("w2", (L, D, H)), ("w3", (L, H, D))]
+    if fmt == "llama2c-legacy":
+        half = c.seq_len * c.head_dim // 2
+        shapes = [("token_embedding", (V, D)), ("attn_norm", (L, D)), *linear, ("ffn_norm", (L, D)),
+                  *mlp, ("final_norm", (D,)), ("rope_cos", (half,)), ("rope_sin", (half,))]
+    else:
+        shapes = [("attn_norm", (L, D)), ("ffn_norm", (L, D)), ("final_norm", (D,)),
+                  ("token_embedding", (V, D)), *linear, *mlp]
+    if not c.shared_classifier:
+        shapes.append(("classifier", (V, D)))
+    return shapes
+
+
+def load_model(path: str | os.PathLike) -> Model:
+    """Load and validate a llama2.c checkpoint (legacy or version 1)."""
+    path = Path(path)
+    config, offset, fmt = read_config(path)
+    shapes = _tensor_shapes(config, fmt)
+    expected = offset + 4 * sum(int(np.prod(s)) for _, s in shapes)
+    size = path.stat().st_size
+    if size < expected:
+        raise InputError(f"{path}: truncated checkpoint: {size} bytes, the header implies {expected}")
+    if size > expected:
+        raise InputError(f"{path}: oversized checkpoint: {size} bytes, the header implies {expected}")
+    data = np.memmap(path, dtype="<f4", mode="r", offset=offset, shape=((size - offset) // 4,))
+    weights, at = {}, 0
+    for name, shape in shapes:
+        count = int(np.prod(shape))
+        tensor = data[at:at + count].reshape(shape)
+        at += count
+        if not np.isfinite(tensor).all():
+            raise InputError(f"{path}: tensor {name} holds non-finite values")
+        weights[name] = tensor
+    return Model.from_dense(config, weights, name=path.stem)
+
+
+def models_dir() -> Path | None:
+    """The models directory from $MIRRORSTREAM_MODELS, if set."""
+    env = os.environ.get("MIRRORSTREAM_MODELS")
+    return Path(env) if env else None
+
+
+def resolve_model(spec: str) -> Path:
+    """A checkpoint path from a path or a bare name found in the models directory
+    (NAME/NAME.bin, as ../shared/checkpoints lays them out)."""
+    path = Path(spec)
+    if path.exists() or os.sep in spec or spec.endswith(".bin"):
+        return path
+    root = models_dir()
+    if root is None:
+        raise InputError(f"--model {spec}: not a file, and MIRRORSTREAM_MODELS is not set to a models directory")
+    candidate = root / spec / f"{spec}.bin"
+    if not candidate.is_file():
+        known = sorted(p.name for p in root.iterdir() if (p / f"{p.name}.bin").is_file()) if root.is_dir() else []
+        raise InputError(f"--model {spec}: no {candidate}; models in {root}: {', '.join(known) or 'none'}")
+    return candidate
+
+
+def find_tokenizer(checkpoint: Path) -> Path | None:
+    """The tokenizer beside a checkpoint: tokenizer.model, tokenizer.bin or tok*.bin."""
+    folder = checkpoint.parent
+    for name in ("tokenizer.model", "tokenizer.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    matches = sorted(folder.glob("tok*.bin"))
+    return matches[0] if matches else None

@@ -1,0 +1,223 @@
+"""Batch-invariant numba kernels of the Llama forward pass.
+
+Every kernel here computes each output element with plain IEEE float32
+arithmetic in one fixed order, with no fast-math flags: no reassociation and
+no fused multiply-add. The result of an element is therefore a function of its
+inputs alone, not of how many rows are processed together, how the loops are
+blocked or vectorised, or how many threads run. This is what makes the
+reference an oracle: `y = x @ W.T` for a row equals, bit for bit, the float32
+sum `((x0*w0 + x1*w1) + x2*w2) + ...` taken in increasing input index, the same
+value numpy gets by accumulating column by column.
+
+Speed comes from the weight layout instead of from reordering sums. A linear
+layer's weight W (out, in) is packed once into tiles `P[b, i, j] = W[b*T + j, i]`
+of TILE = 64 output columns. A tile is streamed from memory once per pass and
+each input value updates 64 independent accumulators (8 AVX vectors), so the
+compiler vectorises across outputs without touching any sum's order. Threads
+split the tiles; a reduction is never split across threads.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+TILE = 64
+ROW_GROUP = 4  # rows updated together, sharing each loaded weight vector
+
+
+def pack_linear(weight: np.ndarray) -> np.ndarray:
+    """Pack a (out, in) weight into (ceil(out/TILE), in, TILE) tiles, zero-padded."""
+    n_out, n_in = weight.shape
+    n_tiles = -(-n_out // TILE)
+    padded = np.zeros((n_tiles * TILE, n_in), dtype=np.float32)
+    padded[:n_out] = weight
+    return np.ascontiguousarray(padded.reshape(n_tiles, TILE, n_in).transpose(0, 2, 1))
+
+
+def padded_width(n_out: int) -> int:
+    """Width of a matmul output buffer for n_out outputs (a whole number of tiles)."""
+    return -(-n_out // TILE) * TILE
+
+
+@njit(cache=True)
+def _matmul_tile(x, tile, out, col0):
+    """out[:, col0:col0+TILE] = x @ tile, each element summed in input order."""
+    n_rows, n_in = x.shape
+    for r in range(n_rows):
+        for j in range(TILE):
+            out[r, col0 + j] = 0.0
+    r = 0
+    while r + ROW_GROUP <= n_rows:
+        a0 = out[r, col0:col0 + TILE]
+        a1 = out[r + 1, col0:col0 + TILE]
+        a2 = out[r + 2, col0:col0 + TILE]
+        a3 = out[r + 3, col0:col0 + TILE]
+        for i in range(n_in):
+            x0 = x[r, i]
+            x1 = x[r + 1, i]
+            x2 = x[r + 2, i]
+            x3 = x[r + 3, i]
+            for j in range(TILE):
+                w = tile[i, j]
+                a0[j] += x0 * w
+                a1[j] += x1 * w
+                a2[j] += x2 * w
+                a3[j] += x3 * w
+        r += ROW_GROUP
+    while r < n_rows:
+        a = out[r, col0:col0 + TILE]
+        for i in range(n_in):
+            xi = x[r, i]
+            for j in range(TILE):
+                a[j] += xi * tile[i, j]
+        r += 1
+
+
+@njit(parallel=True, cache=True)
+def matmul(x, packed, out):
+    """out (n, padded_width) = x (n, in) @ W.T for a weight packed by pack_linear."""
+    for b in prange(packed.shape[0]):
+        _matmul_tile(x, packed[b], out, b * TILE)
+
+
+@njit(cache=True)
+def rmsnorm(x, weight, eps, out):
+    """out[r] = weight * x[r] / sqrt(mean(x[r]^2) + eps), the sum taken in order."""
+    n_rows, dim = x.shape
+    for r in range(n_rows):
+        ss = np.float32(0.0)
+        for i in range(dim):
+            ss += x[r, i] * x[r, i]
+        scale = np.float32(1.0) / np.sqrt(ss / np.float32(dim) + eps)
+        for i in range(dim):
+            out[r, i] = weight[i] * (scale * x[r, i])
+
+
+def rope_tables(max_positions: int, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin tables (position, head_dim/2) for interleaved-pair RoPE, float32."""
+    pair = np.arange(0, head_dim, 2, dtype=np.float64)
+    freq = 1.0 / theta ** (pair / head_dim)
+    angle = np.arange(max_positions, dtype=np.float64)[:, None] * freq[None, :]
+    return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
+
+
+@njit(cache=True)
+def apply_rope(x, n_heads, head_dim, positions, cos, sin):
+    """Rotate each (even, odd) pair of every head of x (n, n_heads*head_dim) in place."""
+    for r in range(x.shape[0]):
+        p = positions[r]
+        for h in range(n_heads):
+            base = h * head_dim
+            for k in range(head_dim // 2):
+                c = cos[p, k]
+                s = sin[p, k]
+                v0 = x[r, base + 2 * k]
+                v1 = x[r, base + 2 * k + 1]
+                x[r, base + 2 * k] = v0 * c - v1 * s
+                x[r, base + 2 * k + 1] = v0 * s + v1 * c
+
+
+@njit(parallel=True, cache=True)
+def attention(q, k_cache, v_cache, base, mask, n_heads, n_kv_heads, head_dim, scores, out):
+    """Multi-head (grouped-query) attention of n new rows over the cache.
+
+    Row r sees every committed slot 0..base-1 and the new slots base+j with
+    mask[r, j] true, visited in increasing slot order; masked slots are skipped.
+    k_cache/v_cache: (slots, n_kv_heads*head_dim) of one layer, new rows already
+    written. scores: scratch (n*n_heads, slots). out: (n, n_heads*head_dim).
+    """
+    n_rows = q.shape[0]
+    group = n_heads // n_kv_heads
+    scale = np.float32(1.0) / np.sqrt(np.float32(head_dim))
+    for task in prange(n_rows * n_heads):
+        r = task // n_heads
+        h = task % n_heads
+        qo = h * head_dim
+        ko = (h // group) * head_dim
+        s = scores[task]
+        m = np.float32(-np.inf)
+        for slot in range(base + n_rows):
+            if slot >= base and not mask[r, slot - base]:
+                continue
+            dot = np.float32(0.0)
+            for d in range(head_dim):
+                dot += q[r, qo + d] * k_cache[slot, ko + d]
+            dot = dot * scale
+            s[slot] = dot
+            if dot > m:
+                m = dot
+        total = np.float32(0.0)
+        for slot in range(base + n_rows):
+            if slot >= base and not mask[r, slot - base]:
+                continue
+            e = np.exp(s[slot] - m)
+            s[slot] = e
+            total += e
+        for d in range(head_dim):
+            out[r, qo + d] = 0.0
+        for slot in range(base + n_rows):
+            if slot >= base and not mask[r, slot - base]:
+                continue
+            p = s[slot] / total
+            for d in range(head_dim):
+                out[r, qo + d] += p * v_cache[slot, ko + d]
+
+
+@njit(cache=True)
+def swiglu(gate, up, out):
+    """out = silu(gate) * up, elementwise."""
+    for r in range(out.shape[0]):
+        for i in range(out.shape[1]):
+            g = gate[r, i]
+            out[r, i] = g * (np.float32(1.0) / (np.float32(1.0) + np.exp(-g))) * up[r, i]
+
+
+@njit(cache=True)
+def add_into(x, y):
+    """x += y, elementwise."""
+    for r in range(x.shape[0]):
+        for i in range(x.shape[1]):
+            x[r, i] += y[r, i]
+
+
+@njit(cache=True)
+def transformer_layer(h, positions, base, mask, cos, sin, eps, n_heads, n_kv_heads,
+                      attn_norm, wq, wk, wv, wo, ffn_norm, w1, w2, w3, k_cache, v_cache):
+    """One pre-norm Llama block on the residual stream h (n, dim), in place.
+
+    Writes the new rows' keys and values into k_cache/v_cache (this layer's
+    (slots, kv_dim) arrays) at slots base..base+n-1 before attending.
+    """
+    n, dim = h.shape
+    head_dim = dim // n_heads
+    kv_dim = n_kv_heads * head_dim
+    hidden = w2.shape[1]
+    x = np.empty((n, dim), np.float32)
+    rmsnorm(h, attn_norm, eps, x)
+    q = np.empty((n, wq.shape[0] * TILE), np.float32)
+    k = np.empty((n, wk.shape[0] * TILE), np.float32)
+    v = np.empty((n, wv.shape[0] * TILE), np.float32)
+    matmul(x, wq, q)
+    matmul(x, wk, k)
+    matmul(x, wv, v)
+    apply_rope(q, n_heads, head_dim, positions, cos, sin)
+    apply_rope(k, n_kv_heads, head_dim, positions, cos, sin)
+    for r in range(n):
+        for i in range(kv_dim):
+            k_cache[base + r, i] = k[r, i]
+            v_cache[base + r, i] = v[r, i]
+    att = np.empty((n, dim), np.float32)
+    scores = np.empty((n * n_heads, base + n), np.float32)
+    attention(q, k_cache, v_cache, base, mask, n_heads, n_kv_heads, head_dim, scores, att)
+    o = np.empty((n, wo.shape[0] * TILE), np.float32)
+    matmul(att, wo, o)
+    add_into(h, o[:, :dim])
+    rmsnorm(h, ffn_norm, eps, x)
+    gate = np.empty((n, w1.shape[0] * TILE), np.float32)
+    up = np.empty((n, w3.shape[0] * TILE), np.float32)
+    matmul(x, w1, gate)
+    matmul(x, w3, up)
+    act = np.empty((n, hidden), np.float32)
+    swiglu(gate[:, :hidden], up[:, :hidden], act)
+    matmul(act, w2, o)
+    add_into(h, o[:, :dim])

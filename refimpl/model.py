@@ -1,0 +1,234 @@
+"""The Llama-family transformer: configuration, weights, KV cache and forward pass.
+
+Float32 throughout. The forward pass is split in three public steps so that
+speculative methods can tap it: `embed` (token ids -> residual stream),
+`run_layers` (layers [start, stop) on the residual stream, writing their keys
+and values into the cache) and `head` (final norm + classifier -> logits).
+`forward` chains the three and advances the cache.
+
+Attention structure: the new rows of a pass always see every committed cache
+slot; among themselves they see what `mask` allows (mask[r, j]: row r may
+attend to new row j). `mask=None` means causal. A token tree passes its
+ancestor mask (see refimpl.trees), each row's own entry included.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from refimpl import kernels
+from refimpl.errors import InputError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    dim: int
+    hidden_dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    vocab_size: int
+    seq_len: int
+    shared_classifier: bool = True
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+    def validate(self, source: str) -> None:
+        """Raise InputError naming `source` if the shape makes no sense."""
+        fields = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len")
+        for name in fields:
+            value = getattr(self, name)
+            if value <= 0 or value > 1 << 24:
+                raise InputError(f"{source}: header value {name}={value} is out of range")
+        if self.dim % self.n_heads:
+            raise InputError(f"{source}: dim {self.dim} is not divisible by n_heads {self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise InputError(f"{source}: n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise InputError(f"{source}: head_dim {self.head_dim} must be even for RoPE")
+
+    def parameter_count(self) -> int:
+        """Number of weights, the classifier counted once when it is tied."""
+        d, h, L = self.dim, self.hidden_dim, self.n_layers
+        per_layer = 2 * d + d * d * 2 + 2 * d * self.kv_dim + 3 * d * h
+        classifier = 0 if self.shared_classifier else self.vocab_size * d
+        return self.vocab_size * d + L * per_layer + d + classifier
+
+
+@dataclass
+class LayerWeights:
+    """One block's weights; the linear ones packed by kernels.pack_linear."""
+    attn_norm: np.ndarray
+    wq: np.ndarray
+    wk: np.ndarray
+    wv: np.ndarray
+    wo: np.ndarray
+    ffn_norm: np.ndarray
+    w1: np.ndarray
+    w2: np.ndarray
+    w3: np.ndarray
+
+
+class KVCache:
+    """Preallocated keys and values, (n_layers, slots, kv_dim) each.
+
+    `length` is the number of committed slots; slot i holds the token at
+    absolute position i. A pass writes its rows after `length`; `commit`,
+    `keep` and `truncate` decide what stays.
+    """
+
+    def __init__(self, config: ModelConfig, slots: int):
+        self.k = np.zeros((config.n_layers, slots, config.kv_dim), dtype=np.float32)
+        self.v = np.zeros_like(self.k)
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[1]
+
+    def commit(self, n: int) -> None:
+        """Keep all n rows written by the last pass."""
+        self.length += n
+
+    def keep(self, rows) -> None:
+        """Keep only the given rows (indices into the last pass, increasing) and
+        move them into place right after the committed slots."""
+        base = self.length
+        for target, row in enumerate(rows):
+            if row != target:
+                self.k[:, base + target] = self.k[:, base + row]
+                self.v[:, base + target] = self.v[:, base + row]
+        self.length = base + len(rows)
+
+    def truncate(self, length: int) -> None:
+        """Forget every slot from `length` on."""
+        self.length = min(self.length, length)
+
+
+class Model:
+    """A Llama-family model ready to run: config, packed weights, RoPE tables."""
+
+    def __init__(self, config: ModelConfig, token_embedding: np.ndarray, layers: list[LayerWeights],
+                 final_norm: np.ndarray, classifier: np.ndarray, name: str = "model"):
+        self.config = config
+        self.name = name
+        self.token_embedding = token_embedding
+        self.layers = layers
+        self.final_norm = final_norm
+        self.classifier = kernels.pack_linear(classifier)
+        self.rope_cos, self.rope_sin = kernels.rope_tables(config.seq_len, config.head_dim, config.rope_theta)
+        self.eps = np.float32(config.norm_eps)
+
+    @classmethod
+    def from_dense(cls, config: ModelConfig, weights: dict[str, np.ndarray], name: str = "model") -> "Model":
+        """Build from unpacked arrays: token_embedding (V, D); per-layer stacks attn_norm (L, D),
+        wq (L, D, D), wk/wv (L, kv_dim, D), wo (L, D, D), ffn_norm (L, D), w1/w3 (L, H, D),
+        w2 (L, D, H); final_norm (D,); classifier (V, D) or absent when tied."""
+        layers = [
+            LayerWeights(
+                attn_norm=np.ascontiguousarray(weights["attn_norm"][l], dtype=np.float32),
+                wq=kernels.pack_linear(weights["wq"][l]),
+                wk=kernels.pack_linear(weights["wk"][l]),
+                wv=kernels.pack_linear(weights["wv"][l]),
+                wo=kernels.pack_linear(weights["wo"][l]),
+                ffn_norm=np.ascontiguousarray(weights["ffn_norm"][l], dtype=np.float32),
+                w1=kernels.pack_linear(weights["w1"][l]),
+                w2=kernels.pack_linear(weights["w2"][l]),
+                w3=kernels.pack_linear(weights["w3"][l]),
+            )
+            for l in range(config.n_layers)
+        ]
+        classifier = weights.get("classifier")
+        if classifier is None:
+            classifier = weights["token_embedding"]
+        return cls(config, weights["token_embedding"], layers,
+                   np.ascontiguousarray(weights["final_norm"], dtype=np.float32), classifier, name)
+
+    def new_cache(self, slots: int | None = None) -> KVCache:
+        """An empty cache; by default as long as the model's sequence length."""
+        return KVCache(self.config, slots or self.config.seq_len)
+
+    def weight_bytes(self) -> int:
+        """Bytes of weights one forward pass streams (embedding row excluded)."""
+        c = self.config
+        per_layer = 2 * c.dim + 2 * c.dim * c.dim + 2 * c.dim * c.kv_dim + 3 * c.dim * c.hidden_dim
+        return 4 * (c.n_layers * per_layer + c.dim + c.vocab_size * c.dim)
+
+    # -- the three steps of a forward pass ---------------------------------------------------
+
+    def embed(self, tokens: np.ndarray) -> np.ndarray:
+        """Residual stream (n, dim) for the given token ids."""
+        return self.token_embedding[tokens].astype(np.float32, copy=True)
+
+    def run_layers(self, hidden: np.ndarray, positions: np.ndarray, cache: KVCache,
+                   mask: np.ndarray | None = None, start: int = 0, stop: int | None = None,
+                   taps: tuple[int, ...] = ()) -> dict[int, np.ndarray]:
+        """Run layers [start, stop) on `hidden` in place; new rows go to cache slots
+        cache.length.. (not committed). Returns {l: copy of the stream after layer l}
+        for each l in taps (l counts from 1: taps=(3,) is the output of the 3rd layer)."""
+        stop = self.config.n_layers if stop is None else stop
+        n = hidden.shape[0]
+        mask = causal_mask(n) if mask is None else mask
+        base = cache.length
+        if base + n > cache.capacity:
+            raise InputError(f"a pass of {n} tokens after {base} cached ones exceeds the cache of {cache.capacity}")
+        tapped = {}
+        for l in range(start, stop):
+            w = self.layers[l]
+            kernels.transformer_layer(
+                hidden, positions, base, mask, self.rope_cos, self.rope_sin, self.eps,
+                self.config.n_heads, self.config.n_kv_heads,
+                w.attn_norm, w.wq, w.wk, w.wv, w.wo, w.ffn_norm, w.w1, w.w2, w.w3,
+                cache.k[l], cache.v[l])
+            if l + 1 in taps:
+                tapped[l + 1] = hidden.copy()
+        return tapped
+
+    def head(self, hidden: np.ndarray) -> np.ndarray:
+        """Logits (n, vocab) from the residual stream: final norm, then classifier."""
+        normed = np.empty_like(hidden)
+        kernels.rmsnorm(hidden, self.final_norm, self.eps, normed)
+        logits = np.empty((hidden.shape[0], self.classifier.shape[0] * kernels.TILE), np.float32)
+        kernels.matmul(normed, self.classifier, logits)
+        return logits[:, :self.config.vocab_size]
+
+    def forward(self, tokens, positions, cache: KVCache, mask: np.ndarray | None = None,
+                commit: bool = True) -> np.ndarray:
+        """Logits (n, vocab) for n new tokens at the given absolute positions.
+
+        Their keys and values are written after the committed slots and, with
+        commit=True, committed; with commit=False the caller decides (cache.keep).
+        """
+        tokens = np.asarray(tokens, dtype=np.int64)
+        positions = np.asarray(positions, dtype=np.int64)
+        self.check_tokens(tokens, positions)
+        hidden = self.embed(tokens)
+        self.run_layers(hidden, positions, cache, mask)
+        logits = self.head(hidden)
+        if commit:
+            cache.commit(len(tokens))
+        return logits
+
+    def check_tokens(self, tokens: np.ndarray, positions: np.ndarray) -> None:
+        """Raise InputError for ids outside the vocabulary or positions past seq_len."""
+        if tokens.ndim != 1 or tokens.shape != positions.shape or len(tokens) == 0:
+            raise InputError("tokens and positions must be equal-length, non-empty 1-D sequences")
+        if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
+            bad = int(tokens[(tokens < 0) | (tokens >= self.config.vocab_size)][0])
+            raise InputError(f"token id {bad} is out of range for vocabulary size {self.config.vocab_size}")
+        if positions.min() < 0 or positions.max() >= self.config.seq_len:
+            raise InputError(f"position {int(positions.max())} is beyond the model's sequence length {self.config.seq_len}")
+
+
+def causal_mask(n: int) -> np.ndarray:
+    """mask[r, j] = j <= r: each new row sees itself and the rows before it."""
+    return np.tri(n, dtype=np.bool_)

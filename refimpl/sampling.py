@@ -1,0 +1,105 @@
+"""The sampling rules: settings, the filtered distribution, and position-keyed randomness.
+
+Randomness is keyed by position: the uniform that decides the token sampled at
+absolute position p is `uniform(seed, p, purpose)`, a pure function (a
+SplitMix64 hash chain; see `uniform`) with no generator state. Plain sampling
+is then reproducible from (seed, prompt), and any method that verifies by exact
+match commits the very tokens plain sampling would, whatever it speculated.
+The function is simple on purpose, so other implementations can reproduce our
+sampled outputs exactly.
+
+The distribution: logits / temperature -> softmax (float64) -> keep the top-k
+(ties broken by lower id) -> keep the smallest set of most likely tokens whose
+mass reaches top-p -> renormalise. Temperature 0 is greedy: the lowest id among
+the maximal logits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from refimpl.errors import InputError
+
+MASK64 = (1 << 64) - 1
+
+# Purposes: independent random streams at the same position.
+SAMPLE = 0       # the target's own token at a position
+ACCEPT = 1       # the accept/reject test of a draft token (rejection sampling)
+RESIDUAL = 2     # resampling from the residual distribution after a rejection
+DRAFT = 3        # a draft model's sampled proposal
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    temperature: float = 0.0
+    top_k: int = 0          # 0: no top-k filter
+    top_p: float = 1.0      # 1.0: no nucleus filter
+    seed: int = 0
+
+    def __post_init__(self):
+        if not np.isfinite(self.temperature) or self.temperature < 0:
+            raise InputError(f"--temperature {self.temperature}: must be a finite number >= 0")
+        if self.top_k < 0:
+            raise InputError(f"--top-k {self.top_k}: must be >= 0 (0 disables it)")
+        if not (0.0 < self.top_p <= 1.0):
+            raise InputError(f"--top-p {self.top_p}: must be in (0, 1]")
+        if self.seed < 0 or self.seed > MASK64:
+            raise InputError(f"--seed {self.seed}: must be in [0, 2^64)")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
+
+
+def uniform(seed: int, position: int, purpose: int = SAMPLE, index: int = 0) -> float:
+    """A uniform in [0, 1) that depends only on (seed, position, purpose, index):
+    h = sm(sm(sm(seed) ^ position) ^ (purpose << 32 | index)), u = (h >> 11) / 2^53,
+    where sm is the SplitMix64 step."""
+    h = _splitmix64(_splitmix64(_splitmix64(seed) ^ position) ^ ((purpose << 32) | index))
+    return (h >> 11) * (1.0 / (1 << 53))
+
+
+def probabilities(logits: np.ndarray, settings: SamplingSettings) -> np.ndarray:
+    """The float64 distribution that sampling draws from (one-hot when greedy)."""
+    logits = np.asarray(logits)
+    probs = np.zeros(logits.shape[-1], dtype=np.float64)
+    if settings.greedy:
+        probs[int(np.argmax(logits))] = 1.0
+        return probs
+    scaled = logits.astype(np.float64) / settings.temperature
+    order = np.argsort(-scaled, kind="stable")
+    if settings.top_k:
+        order = order[:settings.top_k]
+    kept = np.exp(scaled[order] - scaled[order[0]])
+    kept /= kept.sum()
+    if settings.top_p < 1.0:
+        reach = int(np.searchsorted(np.cumsum(kept), settings.top_p)) + 1
+        kept = kept[:reach] / kept[:reach].sum()
+        order = order[:reach]
+    probs[order] = kept
+    return probs
+
+
+def draw(probs: np.ndarray, u: float) -> int:
+    """Inverse-CDF draw in token-id order: the first id whose cumulative mass exceeds u."""
+    cumulative = np.cumsum(probs)
+    index = int(np.searchsorted(cumulative, u * cumulative[-1], side="right"))
+    index = min(index, len(probs) - 1)
+    while probs[index] == 0.0:  # u at the very top of the range: step back to a real token
+        index -= 1
+    return index
+
+
+def sample(logits: np.ndarray, settings: SamplingSettings, position: int, purpose: int = SAMPLE) -> int:
+    """The token for absolute position `position` from a row of logits."""
+    if settings.greedy:
+        return int(np.argmax(logits))
+    return draw(probabilities(logits, settings), uniform(settings.seed, position, purpose))

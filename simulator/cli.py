@@ -38,7 +38,7 @@ def register(subparsers) -> None:
                         help=f"i.i.d. acceptance α, or a per-position profile (default {DEFAULT_ACCEPTANCE})")
     source.add_argument("--coverage", type=_probabilities, default=None, metavar="C[,C...]",
                         help=f"Mirror-SD coverage Ω_κ, or a profile by rejection depth (default {DEFAULT_COVERAGE})")
-    source.add_argument("--tasks", default=",".join(SPEC_BENCH), help="Spec-Bench tasks to synthesise")
+    source.add_argument("--tasks", help=f"Spec-Bench tasks to synthesise (default: all, {','.join(SPEC_BENCH)})")
     source.add_argument("--prompts", type=int, help="synthetic workload: K prompts ...")
     source.add_argument("--prompt-tokens", type=int, default=128, help="... of N tokens (default 128) ...")
     source.add_argument("--new-tokens", type=int, default=1024, help="... generating M tokens each (default 1024)")
@@ -88,9 +88,11 @@ def _workload(args) -> Workload:
             raise InputError("--acceptance: traces carry their own acceptance; give --trace or --acceptance")
         return Workload(acceptance=acceptance, traces=load_traces(args.trace), seed=args.seed)
     if args.prompts is not None:
+        if args.tasks is not None:
+            raise InputError("--tasks: give Spec-Bench tasks or a synthetic workload (--prompts), not both")
         tasks = [Task("synthetic", args.prompts, args.prompt_tokens, args.new_tokens)]
     else:
-        names = [n.strip() for n in args.tasks.split(",") if n.strip()]
+        names = [n.strip() for n in (args.tasks or ",".join(SPEC_BENCH)).split(",") if n.strip()]
         unknown = [n for n in names if n not in SPEC_BENCH]
         if unknown or not names:
             raise InputError(f"--tasks: unknown task(s) {', '.join(unknown) or '(none)'} "

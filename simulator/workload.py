@@ -298,7 +298,9 @@ class Workload:
             raise InputError("workload: give traces or at least one task")
         for task in self.tasks or ():
             if task.prompts < 1 or task.prompt_tokens < 1 or task.new_tokens < 1:
-                raise InputError(f"workload {task.name}: prompts, prompt tokens and new tokens must be >= 1")
+                raise InputError(f"--prompts/--prompt-tokens/--new-tokens: task {task.name} needs at least "
+                                 f"1 prompt of 1 token generating 1 token, got {task.prompts}/"
+                                 f"{task.prompt_tokens}/{task.new_tokens}")
 
     def records(self, method: str, shape: Shape) -> list[list[StepRecord]]:
         """One list of step records per prompt, shaped for `method`."""

@@ -143,3 +143,33 @@ def find_tokenizer(checkpoint: Path) -> Path | None:
             return folder / name
     matches = sorted(folder.glob("tok*.bin"))
     return matches[0] if matches else None
+
+
+def save_llama2c(path: str | os.PathLike, config: ModelConfig, weights: dict[str, np.ndarray],
+                 version: int | None = 1) -> None:
+    """Write dense weights (the names of Model.from_dense) as a llama2.c checkpoint:
+    version=1 for the versioned fp32 export, None for the legacy headerless format."""
+    if version not in (None, 1):
+        raise ValueError("only the legacy format (None) and version 1 can be written")
+    fmt = "llama2c-legacy" if version is None else "llama2c-v1"
+    c = config
+    values = (c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, c.seq_len)
+    tensors = dict(weights)
+    if fmt == "llama2c-legacy":
+        cos, sin = (t.reshape(-1) for t in _legacy_rope_tables(c))
+        tensors.update(rope_cos=cos, rope_sin=sin)
+    with open(path, "wb") as f:
+        if fmt == "llama2c-legacy":
+            vocab = c.vocab_size if c.shared_classifier else -c.vocab_size
+            f.write(struct.pack("<7i", *values[:5], vocab, values[6]))
+        else:
+            header = struct.pack("<Ii7iB", MAGIC, 1, *values, int(c.shared_classifier))
+            f.write(header + bytes(HEADER_V1_BYTES - len(header)))
+        for name, shape in _tensor_shapes(c, fmt):
+            f.write(np.ascontiguousarray(tensors[name], dtype="<f4").reshape(shape).tobytes())
+
+
+def _legacy_rope_tables(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    from refimpl.kernels import rope_tables
+
+    return rope_tables(config.seq_len, config.head_dim, config.rope_theta)

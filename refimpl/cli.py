@@ -1,0 +1,143 @@
+"""`mirrorstream generate`: decode a prompt with a real checkpoint on the CPU."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+from refimpl.checkpoints import find_tokenizer, load_model, resolve_model
+from refimpl.decoding import METHODS, autoregressive, generate
+from refimpl.errors import InputError
+from refimpl.sampling import SamplingSettings
+from refimpl.tokenizer import BOS_ID, StreamDecoder, load_tokenizer
+from refimpl.trace import TraceHeader, write_trace
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("generate", help="generate text from a checkpoint on the CPU",
+                              description="Decode a prompt with a llama2.c checkpoint; the output is "
+                                          "bit-identical whichever method is used.")
+    add_model_options(p)
+    p.add_argument("--max-new-tokens", type=int, default=256, help="tokens to generate at most (default 256)")
+    p.add_argument("--method", choices=sorted(METHODS), default="ar", help="decoding method (default ar)")
+    p.add_argument("--trace", metavar="FILE", help="write one JSONL record per target forward pass")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    p.set_defaults(func=run_generate)
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """Model, prompt, sampling and thread options, shared with `oracle check`."""
+    p.add_argument("--model", required=True, help="checkpoint path, or a name in $MIRRORSTREAM_MODELS")
+    p.add_argument("--tokenizer", help="tokenizer.model or tokenizer.bin (default: beside the checkpoint)")
+    prompt = p.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="prompt text (BOS is prepended)")
+    prompt.add_argument("--prompt-ids", help="comma-separated token ids, used exactly as given")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 for greedy (default 0)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (1: off)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the position-keyed sampler")
+    p.add_argument("--threads", type=int, help="numba threads (default: all cores)")
+
+
+def set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    import numba
+
+    if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
+        raise InputError(f"--threads {threads}: must be between 1 and {numba.config.NUMBA_NUM_THREADS}")
+    numba.set_num_threads(threads)
+
+
+def parse_ids(text: str, option: str = "--prompt-ids") -> list[int]:
+    try:
+        ids = [int(part) for part in text.replace(" ", "").split(",") if part != ""]
+    except ValueError:
+        raise InputError(f"{option} {text!r}: expected comma-separated integers") from None
+    if not ids:
+        raise InputError(f"{option}: no token ids given")
+    return ids
+
+
+def load_inputs(args):
+    """(model, tokenizer or None, prompt ids, sampling settings, startup seconds) from the options."""
+    set_threads(args.threads)
+    settings = SamplingSettings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    start = time.perf_counter()
+    path = resolve_model(args.model)
+    model = load_model(path)
+    tokenizer_path = args.tokenizer or find_tokenizer(path)
+    tokenizer = load_tokenizer(tokenizer_path, model.config.vocab_size) if tokenizer_path else None
+    if args.prompt is not None:
+        if tokenizer is None:
+            raise InputError(f"--prompt needs a tokenizer: none beside {path}; give --tokenizer")
+        prompt_ids = [BOS_ID] + tokenizer.encode(args.prompt)
+    else:
+        prompt_ids = parse_ids(args.prompt_ids)
+    model.check_tokens(np.asarray(prompt_ids), np.zeros(len(prompt_ids), dtype=np.int64))
+    warm_up(model)
+    return model, tokenizer, prompt_ids, settings, time.perf_counter() - start
+
+
+def warm_up(model) -> None:
+    """One tiny pass, so that numba compiles (first use) or loads its cache before timing."""
+    model.forward([BOS_ID], [0], model.new_cache(2))
+
+
+def run_generate(args) -> int:
+    model, tokenizer, prompt_ids, settings, startup_s = load_inputs(args)
+    steps = METHODS[args.method](model, prompt_ids, settings, args.max_new_tokens)
+    stream = None
+    if not args.json and tokenizer is not None:
+        stream = StreamDecoder(tokenizer, previous=prompt_ids[-1])
+        if args.prompt:
+            sys.stdout.write(args.prompt)
+
+        def on_tokens(tokens):
+            sys.stdout.write("".join(stream.push(t) for t in tokens))
+            sys.stdout.flush()
+    else:
+        on_tokens = None
+    result = generate(steps, prompt_ids, on_tokens)
+    stats = generation_stats(model, result, startup_s)
+    if args.trace:
+        header = TraceHeader(method=args.method, params={}, target=model_shape(model), draft=None,
+                             seed=settings.seed, prompt_tokens=len(prompt_ids))
+        write_trace(args.trace, header, result.records)
+    if args.json:
+        text = tokenizer.decode(result.tokens) if tokenizer is not None else None
+        print(json.dumps({"prompt_ids": prompt_ids, "tokens": result.tokens, "text": text, "stats": stats}))
+    else:
+        if stream is not None:
+            sys.stdout.write(stream.flush() + "\n")
+        else:
+            print(",".join(map(str, result.tokens)))
+        print(f"{stats['tokens_per_s']:.1f} tokens/s, {stats['weight_gb_per_s']:.2f} GB/s of weights, "
+              f"{stats['target_calls']} target passes, stop: {stats['stop_reason']}", file=sys.stderr)
+    return 0
+
+
+def generation_stats(model, result, startup_s: float) -> dict:
+    seconds = max(result.seconds, 1e-9)
+    return {
+        "tokens_per_s": len(result.tokens) / seconds,
+        "new_tokens": len(result.tokens),
+        "seconds": result.seconds,
+        "target_calls": result.target_calls,
+        "draft_calls": result.draft_calls,
+        "weight_gb_per_s": model.weight_bytes() * result.target_calls / seconds / 1e9,
+        "stop_reason": result.stop_reason,
+        "startup_s": startup_s,
+    }
+
+
+def model_shape(model) -> dict:
+    """The model's shape for trace headers (config.json-style keys)."""
+    c = model.config
+    return {"name": model.name, "hidden_size": c.dim, "intermediate_size": c.hidden_dim,
+            "num_hidden_layers": c.n_layers, "num_attention_heads": c.n_heads,
+            "num_key_value_heads": c.n_kv_heads, "vocab_size": c.vocab_size,
+            "max_position_embeddings": c.seq_len, "tie_word_embeddings": c.shared_classifier}

@@ -1,0 +1,82 @@
+"""What every decoding method shares: stop rules, step records, the driver."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from refimpl.errors import InputError
+from refimpl.tokenizer import BOS_ID, EOS_ID
+from refimpl.trace import StepRecord
+
+STOP_IDS = (BOS_ID, EOS_ID)
+
+
+def token_budget(model, prompt_ids, max_new_tokens: int) -> int:
+    """How many tokens may be generated: max_new_tokens, capped by the sequence length."""
+    if len(prompt_ids) == 0:
+        raise InputError("the prompt is empty (give at least BOS)")
+    if len(prompt_ids) >= model.config.seq_len:
+        raise InputError(f"the prompt has {len(prompt_ids)} tokens, but the model's sequence length is "
+                         f"{model.config.seq_len}")
+    if max_new_tokens < 0:
+        raise InputError(f"--max-new-tokens {max_new_tokens}: must be >= 0")
+    return min(max_new_tokens, model.config.seq_len - len(prompt_ids))
+
+
+def clip(candidates: list[int], produced: int, budget: int) -> tuple[list[int], str | None]:
+    """The tokens of `candidates` to emit, and why generation stops after them (or None)."""
+    kept = []
+    for token in candidates:
+        if token in STOP_IDS:
+            return kept, "eos" if token == EOS_ID else "bos"
+        kept.append(token)
+        if produced + len(kept) >= budget:
+            return kept, "length"
+    return kept, None
+
+
+class Stopwatch:
+    """Seconds since the last `lap()`; used for each record's wall_s."""
+
+    def __init__(self):
+        self.last = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        elapsed, self.last = now - self.last, now
+        return elapsed
+
+
+@dataclass
+class Generation:
+    """The outcome of a whole decoding run."""
+    prompt_ids: list[int]
+    tokens: list[int] = field(default_factory=list)
+    records: list[StepRecord] = field(default_factory=list)
+    stop_reason: str = "length"   # "length", "eos" or "bos"
+    seconds: float = 0.0
+
+    @property
+    def target_calls(self) -> int:
+        return len(self.records)
+
+    @property
+    def draft_calls(self) -> int:
+        return sum(r.draft_passes for r in self.records)
+
+
+def generate(steps, prompt_ids, on_tokens=None) -> Generation:
+    """Drive a method's step generator to the end, collecting tokens and records.
+
+    on_tokens(list_of_ids) is called as tokens are committed (for streaming)."""
+    result = Generation(prompt_ids=list(prompt_ids))
+    start = time.perf_counter()
+    for emitted, record, stop in steps:
+        result.tokens.extend(emitted)
+        result.records.append(record)
+        if on_tokens is not None and emitted:
+            on_tokens(emitted)
+        if stop:
+            result.stop_reason = stop
+    result.seconds = time.perf_counter() - start
+    return result

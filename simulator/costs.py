@@ -6,6 +6,7 @@ A cost model answers five questions (seconds):
   Mirror-SD's "prefix" (layers 1..ℓe, then the LM head for the early exit) and
   "suffix" (layers ℓe+1..N and the LM head);
 - ``draft(rows, context, sequences)``: one draft pass over `sequences` batched rows;
+- ``rollout(draft_rows, context, sequences)``: the draft passes of one step, one after another;
 - ``heads(kind, rows, context, batch)``: one Medusa-head / EAGLE-draft pass on the target's devices;
 - ``early_exit_message(step)`` / ``verdict_message(step)``: Mirror-SD's two rendezvous.
 """
@@ -63,47 +64,50 @@ class HardwareCosts:
             except self._hw.InputError as exc:
                 raise InputError(f"--{role}-hw: {exc}") from None
 
-    def _latency(self, key: tuple, shape, device, rows: int, context: int, batch: int, tp: int,
-                 dtype: str, **kwargs) -> float:
-        try:
-            return self._cache[key]
-        except KeyError:
-            seconds = self._hw.forward_latency(shape, device, rows, context, batch=batch, tp=tp,
-                                               dtype=dtype, **kwargs).seconds
-            self._cache[key] = seconds
-            return seconds
+    def _memo(self, key: tuple, compute) -> float:
+        seconds = self._cache.get(key)
+        if seconds is None:
+            seconds = self._cache[key] = compute()
+        return seconds
 
-    def _per_replica(self, group, sequences: int) -> int:
-        return math.ceil(sequences / group.replicas)
+    def _forward(self, shape, device, group, dtype: str, rows: int, context: int, sequences: int,
+                 **kwargs) -> float:
+        """hwmodels' latency of one pass, the sequences shared evenly by the group's replicas."""
+        per_replica = math.ceil(sequences / group.replicas)
+        return self._hw.forward_latency(shape, device, rows, context, batch=per_replica, tp=group.tp,
+                                        dtype=dtype, **kwargs).seconds
 
     def target(self, rows: int, context: int, batch: int, part: str = "full") -> float:
-        group = self.config.target
-        layers = {"full": None, "prefix": (0, self.exit_layer), "suffix": (self.exit_layer, self.n_layers)}[part]
-        return self._latency(("target", part, rows, context, batch), self.target_shape, self.target_device,
-                             rows, context, self._per_replica(group, batch), group.tp, self.config.dtype,
-                             layers=layers, classifier=True)
+        layers = {"full": None, "prefix": (0, self.exit_layer), "suffix": (self.exit_layer, self.n_layers)}
+        return self._memo(("target", part, rows, context, batch), lambda: self._forward(
+            self.target_shape, self.target_device, self.config.target, self.config.dtype, rows, context, batch,
+            layers=layers[part], classifier=True))
 
     def draft(self, rows: int, context: int, sequences: int) -> float:
-        group = self.config.draft
-        return self._latency(("draft", rows, context, sequences), self.draft_shape, self.draft_device,
-                             rows, context, self._per_replica(group, sequences), group.tp, self.draft_dtype,
-                             sharding=self.config.draft_sharding)
+        return self._memo(("draft", rows, context, sequences), lambda: self._forward(
+            self.draft_shape, self.draft_device, self.config.draft, self.draft_dtype, rows, context, sequences,
+            sharding=self.config.draft_sharding))
+
+    def rollout(self, draft_rows: tuple[int, ...], context: int, sequences: int) -> float:
+        return self._memo(("rollout", draft_rows, context, sequences),
+                          lambda: sum(self.draft(rows, context, sequences) for rows in draft_rows))
 
     def heads(self, kind: str, rows: int, context: int, batch: int) -> float:
         """A Medusa-heads or EAGLE-draft pass, modelled as one target block plus the LM head."""
-        group = self.config.target
-        last = (self.n_layers - 1, self.n_layers)
-        return self._latency(("heads", rows, context, batch), self.target_shape, self.target_device,
-                             rows, context, self._per_replica(group, batch), group.tp, self.config.dtype,
-                             layers=last, classifier=True)
+        return self._memo(("heads", rows, context, batch), lambda: self._forward(
+            self.target_shape, self.target_device, self.config.target, self.config.dtype, rows, context, batch,
+            layers=(self.n_layers - 1, self.n_layers), classifier=True))
+
+    def _message(self, nbytes: int) -> float:
+        return self._memo(("link", nbytes), lambda: self._hw.link_latency(self.link, nbytes))
 
     def early_exit_message(self, step: Step) -> float:
         """Rendezvous 1: top-κ ids and log-probs of every window position, every sequence."""
-        return self._hw.link_latency(self.link, step.batch * step.rows * self.kappa * CANDIDATE_BYTES)
+        return self._message(step.batch * step.rows * self.kappa * CANDIDATE_BYTES)
 
     def verdict_message(self, step: Step) -> float:
         """Rendezvous 2: (A, c) of every sequence."""
-        return self._hw.link_latency(self.link, step.batch * VERDICT_BYTES)
+        return self._message(step.batch * VERDICT_BYTES)
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,9 @@ class ConstantCosts:
 
     def draft(self, rows: int, context: int, sequences: int) -> float:
         return self.draft_pass
+
+    def rollout(self, draft_rows: tuple[int, ...], context: int, sequences: int) -> float:
+        return len(draft_rows) * self.draft_pass
 
     def heads(self, kind: str, rows: int, context: int, batch: int) -> float:
         return self.heads_pass

@@ -12,7 +12,7 @@ from .engine import Simulation
 
 def _draft_seconds(costs, step: Step, sequences: int) -> float:
     """One rollout: the step's draft passes, `sequences` of them batched."""
-    return sum(costs.draft(rows, step.context, sequences) for rows in step.draft_rows)
+    return costs.rollout(step.draft_rows, step.context, sequences)
 
 
 def ar(sim: Simulation, steps, costs):

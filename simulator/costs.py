@@ -5,8 +5,10 @@ A cost model answers five questions (seconds):
 - ``target(rows, context, batch, part)``: a target pass, ``part`` "full", or
   Mirror-SD's "prefix" (layers 1..ℓe, then the LM head for the early exit) and
   "suffix" (layers ℓe+1..N and the LM head);
-- ``draft(rows, context, sequences)``: one draft pass over `sequences` batched rows;
-- ``rollout(draft_rows, context, sequences)``: the draft passes of one step, one after another;
+- ``draft(rows, context, batch)``: one draft pass of `rows` query rows per sequence;
+- ``rollout(draft_rows, context, batch, branches)``: the draft passes of one step, one
+  after another; Mirror-SD's branches share the committed prefix (its KV cache is
+  read once per sequence, as in tree attention), so a pass has rows x branches rows;
 - ``heads(kind, rows, context, batch)``: one Medusa-head / EAGLE-draft pass on the target's devices;
 - ``early_exit_message(step)`` / ``verdict_message(step)``: Mirror-SD's two rendezvous.
 """
@@ -83,14 +85,14 @@ class HardwareCosts:
             self.target_shape, self.target_device, self.config.target, self.config.dtype, rows, context, batch,
             layers=layers[part], classifier=True))
 
-    def draft(self, rows: int, context: int, sequences: int) -> float:
-        return self._memo(("draft", rows, context, sequences), lambda: self._forward(
-            self.draft_shape, self.draft_device, self.config.draft, self.draft_dtype, rows, context, sequences,
+    def draft(self, rows: int, context: int, batch: int) -> float:
+        return self._memo(("draft", rows, context, batch), lambda: self._forward(
+            self.draft_shape, self.draft_device, self.config.draft, self.draft_dtype, rows, context, batch,
             sharding=self.config.draft_sharding))
 
-    def rollout(self, draft_rows: tuple[int, ...], context: int, sequences: int) -> float:
-        return self._memo(("rollout", draft_rows, context, sequences),
-                          lambda: sum(self.draft(rows, context, sequences) for rows in draft_rows))
+    def rollout(self, draft_rows: tuple[int, ...], context: int, batch: int, branches: int = 1) -> float:
+        return self._memo(("rollout", draft_rows, context, batch, branches),
+                          lambda: sum(self.draft(rows * branches, context, batch) for rows in draft_rows))
 
     def heads(self, kind: str, rows: int, context: int, batch: int) -> float:
         """A Medusa-heads or EAGLE-draft pass, modelled as one target block plus the LM head."""
@@ -130,10 +132,10 @@ class ConstantCosts:
             return self.target_suffix
         return self.target_prefix + self.target_suffix
 
-    def draft(self, rows: int, context: int, sequences: int) -> float:
+    def draft(self, rows: int, context: int, batch: int) -> float:
         return self.draft_pass
 
-    def rollout(self, draft_rows: tuple[int, ...], context: int, sequences: int) -> float:
+    def rollout(self, draft_rows: tuple[int, ...], context: int, batch: int, branches: int = 1) -> float:
         return len(draft_rows) * self.draft_pass
 
     def heads(self, kind: str, rows: int, context: int, batch: int) -> float:

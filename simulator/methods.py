@@ -10,9 +10,9 @@ from .batching import Step
 from .engine import Simulation
 
 
-def _draft_seconds(costs, step: Step, sequences: int) -> float:
-    """One rollout: the step's draft passes, `sequences` of them batched."""
-    return costs.rollout(step.draft_rows, step.context, sequences)
+def _draft_seconds(costs, step: Step, branches: int = 1) -> float:
+    """One rollout: the step's draft passes, for `branches` continuations of every sequence."""
+    return costs.rollout(step.draft_rows, step.context, step.batch, branches)
 
 
 def ar(sim: Simulation, steps, costs):
@@ -24,7 +24,7 @@ def ar(sim: Simulation, steps, costs):
 def sd(sim: Simulation, steps, costs):
     """Vanilla speculative decoding: the draft's passes, then one target verification pass."""
     for step in sim.steps(steps):
-        yield from sim.serial(("draft", "draft", _draft_seconds(costs, step, step.batch)),
+        yield from sim.serial(("draft", "draft", _draft_seconds(costs, step)),
                               ("target", "target", costs.target(step.rows, step.context, step.batch)))
 
 
@@ -65,12 +65,12 @@ def mirror(sim: Simulation, steps, costs):
             window_ready = False            # the first window needs a fresh rollout
             continue
         if not window_ready:
-            yield from sim.serial(("draft", "fallback_draft", _draft_seconds(costs, step, step.batch)))
+            yield from sim.serial(("draft", "fallback_draft", _draft_seconds(costs, step)))
         yield from sim.serial(("target", "target_prefix", costs.target(step.rows, step.context, step.batch,
                                                                        part="prefix")),
                               ("link", "rendezvous", costs.early_exit_message(step)))
         rollout = env.process(sim.background("draft", "draft",
-                                             _draft_seconds(costs, step, step.batch * step.branches)))
+                                             _draft_seconds(costs, step, step.branches)))
         yield from sim.serial(("target", "target_suffix", costs.target(step.rows, step.context, step.batch,
                                                                        part="suffix")))
         yield from sim.wait(rollout, "draft")
@@ -80,7 +80,7 @@ def mirror(sim: Simulation, steps, costs):
 
 def _prefill(sim: Simulation, step: Step, costs):
     """The prompt's prefill: target and draft process the prompt concurrently."""
-    draft = sim.env.process(sim.background("draft", "draft", _draft_seconds(costs, step, step.batch)))
+    draft = sim.env.process(sim.background("draft", "draft", _draft_seconds(costs, step)))
     yield from sim.serial(("target", "target", costs.target(step.rows, step.context, step.batch)))
     yield from sim.wait(draft, "draft")
 

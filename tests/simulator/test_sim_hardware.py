@@ -39,7 +39,7 @@ def test_mirror_equals_the_step_latency_law_on_the_testbed():
                           layers=(0, exit_layer), classifier=True)
             suffix = _fwd("qwen3-32b", "m2-ultra-gpu", CONFIG.target, r.target_tokens, r.context,
                           layers=(exit_layer, n_layers), classifier=True)
-            draft = sum(_fwd("qwen3-0.6b", "m2-ultra-ane", CONFIG.draft, rows, r.context, batch=r.branches,
+            draft = sum(_fwd("qwen3-0.6b", "m2-ultra-ane", CONFIG.draft, rows * r.branches, r.context,
                              sharding="spd") for rows in r.draft_token_list())
             rv1 = hwmodels.link_latency("m2-ultra-unified", r.target_tokens * 8 * CANDIDATE_BYTES)
             rv2 = hwmodels.link_latency("m2-ultra-unified", VERDICT_BYTES)

@@ -15,10 +15,10 @@ import functools
 import json
 import math
 from dataclasses import dataclass, field
-from importlib import resources
 
 from .dtypes import check_dtype
 from .errors import InputError
+from .paths import DATA_DIR
 from .names import build_index, normalise, resolve
 
 RAW_SUFFIX = "datasheet"  # "h100-sxm@datasheet": the entry without its calibration
@@ -190,7 +190,7 @@ class Device:
 
 # ----- catalog loading ------------------------------------------------------
 def _data(name: str) -> dict:
-    return json.loads(resources.files("hwmodels").joinpath("data", name).read_text())
+    return json.loads((DATA_DIR / name).read_text())
 
 
 def _value(entry) -> tuple[float, str]:

@@ -17,8 +17,13 @@ two attention products over the average key count L + (n + 1) / 2.
 
 Collectives: Megatron tensor parallelism does 2 all-reduces per block; SPD-style
 sharding (Mirror-SD's draft) splits the blocks into `spd_segments` contiguous
-segments with one all-reduce at the end of each. The message of one all-reduce
-is B * n * hidden * bytes / G (Mirror-SD, arXiv 2510.13161 §3.4).
+segments with one all-reduce at the end of each. The cost of one all-reduce is
+alpha * log2(G) + beta * m (Mirror-SD, arXiv 2510.13161 §3.4), where m is the
+bytes each device sends in a bandwidth-optimal (reduce-scatter + all-gather)
+all-reduce of the B * n * hidden activations: m = 2 (G - 1) / G * B * n *
+hidden * bytes. (The paper writes the message as B * n * hidden / G; that
+undercounts the traffic by 2 (G - 1) and cannot fit FasterTransformer's TP=2
+prefill, see data/measurements/fastertransformer_13b.csv.)
 
 The pass overhead belongs to the range that starts at block 0, so timing blocks
 [0, e) and [e, N) separately adds up exactly to timing [0, N). The breakdown
@@ -147,7 +152,7 @@ def pass_work(shape: ModelShape, n_tokens: int, context: int, *, batch: int = 1,
     collectives = _collectives(shape, a, b, sharding, segments) if G > 1 else 0
     return Work(block_flops=block_flops * (b - a), block_bytes=block_bytes * (b - a),
                 head_flops=head_flops, head_bytes=head_bytes, n_blocks=b - a, starts_pass=a == 0,
-                collectives=collectives, message_bytes=tokens * shape.hidden_size * ab / G, tp=G)
+                collectives=collectives, message_bytes=2 * (G - 1) / G * tokens * shape.hidden_size * ab, tp=G)
 
 
 def _roofline(flops, nbytes, peak, device: Device):

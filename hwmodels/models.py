@@ -12,10 +12,10 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass, field
-from importlib import resources
 
 from .dtypes import activation_bytes_per_element, weight_bytes_per_element
 from .errors import InputError
+from .paths import DATA_DIR
 from .names import build_index, resolve
 
 # Families whose MLP is gated (SwiGLU: gate, up, down) and whose norms are RMSNorm.
@@ -179,7 +179,7 @@ class ModelShape:
 # ----- catalog ------------------------------------------------------------
 @functools.cache
 def _catalog() -> dict[str, ModelShape]:
-    data = json.loads(resources.files("hwmodels").joinpath("data/models.json").read_text())
+    data = json.loads((DATA_DIR / "models.json").read_text())
     shapes = {}
     for key, entry in data["models"].items():
         published = entry.get("published_params")

@@ -1,0 +1,198 @@
+"""`mirrorstream hw ...`: list, show, latency, calibrate."""
+from __future__ import annotations
+
+import json
+import sys
+
+from tabulate import tabulate
+
+from .calibration import PARAM_BOUNDS, calibrate, read_measurements
+from .devices import _catalog, get_device, get_link, known_links
+from .errors import InputError
+from .latency import SHARDINGS, forward_latency
+from .models import get_model, known_models
+
+
+def register(subparsers) -> None:
+    hw = subparsers.add_parser("hw", help="device and model catalogs, forward-pass latency, calibration")
+    sub = hw.add_subparsers(dest="hw_command", metavar="HW_COMMAND")
+    hw.set_defaults(func=lambda args: (hw.print_help(), 2)[1])
+
+    p = sub.add_parser("list", help="list known devices, models and links")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("show", help="every number of a device (or model or link) with its source")
+    p.add_argument("name", metavar="DEVICE", help="device name (e.g. h100-sxm, m2-ultra-ane, cpu), or a model or link")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("latency", help="time of one forward pass and its breakdown")
+    p.add_argument("--device", required=True, help="device name, optionally DEVICE@CALIBRATION or DEVICE@datasheet")
+    p.add_argument("--model", required=True, help="model name (e.g. qwen3-32b, llama-3.1-8b)")
+    p.add_argument("--tokens", type=int, default=1, help="query tokens per sequence (default 1)")
+    p.add_argument("--context", type=int, default=0, help="KV context length before these tokens (default 0)")
+    p.add_argument("--batch", type=int, default=1, help="sequences in the batch (default 1)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (default 1)")
+    p.add_argument("--dtype", default="fp16", help="weight dtype (default fp16)")
+    p.add_argument("--layers", help="half-open block range a:b (default all)")
+    head = p.add_mutually_exclusive_group()
+    head.add_argument("--classifier", dest="classifier", action="store_true", default=None,
+                      help="include the final norm and classifier (default: iff the range ends at the last block)")
+    head.add_argument("--no-classifier", dest="classifier", action="store_false")
+    p.add_argument("--sharding", default="megatron", choices=SHARDINGS,
+                   help="megatron: 2 all-reduces per block; spd: Mirror-SD draft, 2 per pass")
+    p.add_argument("--link", help="override the device's tensor-parallel link (e.g. thunderbolt-5)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="what-if: multiply every device rate by this and divide its fixed times by it")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_latency)
+
+    p = sub.add_parser("calibrate", help="fit efficiencies/overheads to a measurement CSV")
+    p.add_argument("csv", help="CSV with columns device,model,n,L,B,G,seconds (optional dtype,layers,classifier,sharding)")
+    p.add_argument("--free", default="memory_efficiency,pass_overhead_s",
+                   help=f"parameters fitted per device, comma-separated (from {', '.join(PARAM_BOUNDS)})")
+    p.add_argument("--shared", default="", help="parameters fitted jointly for all devices of the table")
+    p.add_argument("--base", default="datasheet", help="start from DEVICE@BASE (default datasheet)")
+    p.add_argument("--no-loo", action="store_true", help="skip the leave-one-out refits")
+    p.add_argument("--output", help="write the fitted parameters as JSON to this file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_calibrate)
+
+
+def _print_json(obj) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=float)
+    print()
+
+
+def _fmt(x, scale=1.0, digits=4):
+    return None if x is None else float(f"{x / scale:.{digits}g}")
+
+
+# ----- list -------------------------------------------------------------------
+def cmd_list(args) -> int:
+    devices, calibrations = _catalog()
+    device_rows = []
+    for key, dev in sorted(devices.items()):
+        cal = calibrations.get(key)
+        dev = get_device(key)
+        device_rows.append({"device": key, "name": dev.name, "kind": dev.kind, "dtypes": ",".join(sorted(dev.peak_flops)),
+                            "fp16_tflops": _fmt(dev.peak_flops.get("fp16"), 1e12),
+                            "bandwidth_gb_s": _fmt(dev.memory_bandwidth, 1e9),
+                            "memory_gb": _fmt(dev.memory_capacity, 1e9),
+                            "tp_link": dev.tp_link.key if dev.tp_link else None, "calibration": cal})
+    device_rows.append({"device": "cpu", "name": "this machine's CPU (measured on first use)", "kind": "cpu",
+                        "dtypes": "fp32", "fp16_tflops": None, "bandwidth_gb_s": None, "memory_gb": None,
+                        "tp_link": None, "calibration": None})
+    model_rows = [{"model": k, "family": m.family, "layers": m.n_layers, "hidden": m.hidden_size,
+                   "params_b": _fmt(m.param_count(), 1e9), "published_b": _fmt(m.published_params, 1e9)}
+                  for k in known_models() for m in [get_model(k)]]
+    link_rows = [{"link": k, "name": link.name, "alpha_us": _fmt(link.alpha_s, 1e-6),
+                  "bandwidth_gb_s": _fmt(link.bandwidth, 1e9)} for k in known_links() for link in [get_link(k)]]
+    if args.json:
+        _print_json({"devices": device_rows, "models": model_rows, "links": link_rows})
+        return 0
+    for title, rows in (("Devices", device_rows), ("Models", model_rows), ("Links", link_rows)):
+        print(f"{title}\n{tabulate(rows, headers='keys')}\n")
+    return 0
+
+
+# ----- show -------------------------------------------------------------------
+def _lookup_any(name: str):
+    """A device, else a model, else a link; the device's error if none matches."""
+    try:
+        return "device", get_device(name)
+    except InputError as device_error:
+        for kind, getter in (("model", get_model), ("link", get_link)):
+            try:
+                return kind, getter(name)
+            except InputError:
+                pass
+        raise device_error
+
+
+def cmd_show(args) -> int:
+    kind, obj = _lookup_any(args.name)
+    info = obj.summary()
+    if args.json:
+        _print_json({"kind": kind, **info})
+        return 0
+    sources = info.pop("sources", {})
+    rows = []
+    for key, value in info.items():
+        if key == "peak_flops":
+            rows += [[f"peak_flops.{d}", v, sources.get(f"peak_flops.{d}", "")] for d, v in sorted(value.items())]
+        else:
+            rows.append([key, value, sources.get(key, "")])
+    if kind == "device" and obj.tp_link is not None:
+        link = obj.tp_link
+        rows += [["tp_link.alpha_s", link.alpha_s, link.sources.get("alpha_s", "")],
+                 ["tp_link.beta_s_per_byte", link.beta_s_per_byte, link.sources.get("beta_s_per_byte", "")]]
+    print(tabulate(rows, headers=[kind, "value", "source"], disable_numparse=False))
+    return 0
+
+
+# ----- latency ----------------------------------------------------------------
+def parse_layers(text):
+    if text is None:
+        return None
+    a, sep, b = str(text).partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return int(a), int(b)
+    except ValueError:
+        raise InputError(f"--layers: expected a:b (half-open block range), got {text!r}") from None
+
+
+def cmd_latency(args) -> int:
+    if not args.scale > 0:
+        raise InputError(f"--scale: must be a positive number, got {args.scale}")
+    device = get_device(args.device)
+    if args.scale != 1.0:
+        device = device.scaled(args.scale)
+    lat = forward_latency(args.model, device, args.tokens, args.context, batch=args.batch, tp=args.tp,
+                          dtype=args.dtype, layers=parse_layers(args.layers), classifier=args.classifier,
+                          sharding=args.sharding, link=args.link)
+    if args.json:
+        _print_json(lat.to_dict())
+        return 0
+    a, b = lat.layers
+    print(f"{lat.model} on {lat.device}: {lat.n_tokens} tokens x batch {lat.batch}, context {lat.context}, "
+          f"tp {lat.tp} ({lat.sharding}), {lat.dtype}, blocks {a}:{b}{' + classifier' if lat.classifier else ''}")
+    rows = [[part, seconds * 1e3, seconds / lat.seconds if lat.seconds else 0.0]
+            for part, seconds in lat.breakdown.items()]
+    rows.append(["total", lat.seconds * 1e3, 1.0])
+    print(tabulate(rows, headers=["", "ms", "share"], floatfmt=(None, ".4f", ".1%")))
+    print(f"{lat.bound}-bound: raw compute {lat.compute_time * 1e3:.4f} ms, raw memory {lat.memory_time * 1e3:.4f} ms, "
+          f"{lat.collectives} all-reduces of {lat.message_bytes:.0f} bytes")
+    return 0
+
+
+# ----- calibrate --------------------------------------------------------------
+def _param_list(text: str) -> list[str]:
+    return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+
+def cmd_calibrate(args) -> int:
+    rows = read_measurements(args.csv)
+    result = calibrate(rows, free=_param_list(args.free), shared=_param_list(args.shared), base=args.base,
+                       leave_one_out=not args.no_loo)
+    report = {"summary": result.summary(), "params": result.params, "points": result.table()}
+    if args.output:
+        try:
+            with open(args.output, "w") as f:
+                json.dump(report, f, indent=2, default=float)
+        except OSError as exc:
+            raise InputError(f"--output: cannot write {args.output} ({exc.strerror or exc})") from None
+    if args.json:
+        _print_json(report)
+        return 0
+    table = [{k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()} for row in result.table()]
+    print(tabulate(table, headers="keys"))
+    s = result.summary()
+    print(f"\nfit: max |error| {s['max_abs_error']:.1%}, mean {s['mean_abs_error']:.1%}; "
+          f"leave-one-out: max {s['max_abs_loo_error']:.1%}, mean {s['mean_abs_loo_error']:.1%}")
+    for device, params in result.params.items():
+        print(f"{device}: " + ", ".join(f"{k}={v:.4g}" for k, v in params.items()))
+    return 0

@@ -1,0 +1,42 @@
+"""An independent float64 numpy Llama forward pass (plain causal attention, no cache),
+written from the architecture's definition, to check the numba model's numerics."""
+import numpy as np
+
+
+def reference_logits(config, weights, tokens):
+    c = config
+    hd = c.head_dim
+    x = weights["token_embedding"][tokens].astype(np.float64)
+    n = len(tokens)
+    pair = np.arange(0, hd, 2) / hd
+    angle = np.arange(n)[:, None] * (1.0 / c.rope_theta ** pair)[None, :]
+    cos, sin = np.cos(angle), np.sin(angle)
+
+    def norm(v, w):
+        return w * v / np.sqrt((v * v).mean(-1, keepdims=True) + c.norm_eps)
+
+    def rope(v):  # v (n, heads, hd), interleaved pairs
+        even, odd = v[..., 0::2], v[..., 1::2]
+        out = np.empty_like(v)
+        out[..., 0::2] = even * cos[:, None] - odd * sin[:, None]
+        out[..., 1::2] = even * sin[:, None] + odd * cos[:, None]
+        return out
+
+    for l in range(c.n_layers):
+        h = norm(x, weights["attn_norm"][l])
+        q = rope((h @ weights["wq"][l].T).reshape(n, c.n_heads, hd))
+        k = rope((h @ weights["wk"][l].T).reshape(n, c.n_kv_heads, hd))
+        v = (h @ weights["wv"][l].T).reshape(n, c.n_kv_heads, hd)
+        group = c.n_heads // c.n_kv_heads
+        k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
+        scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd)
+        scores = np.where(np.tri(n, dtype=bool)[None], scores, -np.inf)
+        p = np.exp(scores - scores.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        att = np.einsum("hqk,khd->qhd", p, v).reshape(n, c.dim)
+        x = x + att @ weights["wo"][l].T
+        h = norm(x, weights["ffn_norm"][l])
+        gate, up = h @ weights["w1"][l].T, h @ weights["w3"][l].T
+        x = x + (gate / (1 + np.exp(-gate)) * up) @ weights["w2"][l].T
+    classifier = weights.get("classifier", weights["token_embedding"])
+    return norm(x, weights["final_norm"]) @ classifier.T

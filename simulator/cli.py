@@ -16,7 +16,7 @@ from .config import Group, SimConfig
 from .errors import InputError
 from .simulate import simulate
 from .timeline import plot_gantt, write_chrome_trace
-from .workload import SPEC_BENCH, AcceptanceModel, Task, Workload, load_traces
+from .workload import SPEC_BENCH, AcceptanceModel, Task, Workload, load_traces, replay_methods
 
 #: Default i.i.d. acceptance α. The paper reports no acceptance lengths (mirror-sd.md §7, §12.10);
 #: 0.8 at γ = 7 means (1 − 0.8^8) / 0.2 = 4.16 tokens per target step.
@@ -56,7 +56,8 @@ def register(subparsers) -> None:
     system.add_argument("--dtype", default="fp16")
     system.add_argument("--draft-dtype", help="default: --dtype")
     spec = parser.add_argument_group("speculation")
-    spec.add_argument("--methods", default=DEFAULT_METHODS, help=f"default {DEFAULT_METHODS}")
+    spec.add_argument("--methods", help=f"comma-separated; default {DEFAULT_METHODS}, or with --trace the "
+                                        "methods the traces replay as")
     spec.add_argument("--gamma", type=int, default=7, help="draft window γ")
     spec.add_argument("--kappa", type=int, help="Mirror-SD top-κ (default: 8/4/2/1 by batch)")
     spec.add_argument("--exit-layer", type=int, help="Mirror-SD early-exit layer ℓe (default N/2)")
@@ -116,9 +117,12 @@ def run(args) -> int:
         raise InputError("--timeline-steps: must be >= 0")
     config = _config(args)
     workload = _workload(args)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = _methods(args, workload)
     want_timeline = bool(args.chrome_trace or args.plot)
-    results = simulate(workload, config, methods, timeline_steps=args.timeline_steps if want_timeline else 0)
+    results = simulate(workload, config, methods, timeline_steps=args.timeline_steps if want_timeline else 0,
+                       progress=_progress if sys.stderr.isatty() else None)
+    if sys.stderr.isatty():
+        print("\r\033[K", end="", file=sys.stderr)
     if args.chrome_trace:
         write_chrome_trace(args.chrome_trace, results)
     if args.plot:
@@ -129,6 +133,22 @@ def run(args) -> int:
     else:
         print(_table(args, config, workload, results))
     return 0
+
+
+def _methods(args, workload: Workload) -> list[str]:
+    if args.methods is not None:
+        return [m.strip() for m in args.methods.split(",") if m.strip()]
+    if workload.traces is None:
+        return DEFAULT_METHODS.split(",")
+    common = None
+    for trace in workload.traces:
+        allowed = replay_methods(trace.header.method)
+        common = allowed if common is None else [m for m in common if m in allowed]
+    return common
+
+
+def _progress(method: str) -> None:
+    print(f"\r\033[Ksimulating {method} ...", end="", file=sys.stderr, flush=True)
 
 
 def _describe(args, config: SimConfig, workload: Workload) -> dict:

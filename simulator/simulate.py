@@ -78,8 +78,12 @@ def run_method(method: str, prompts, costs, batch: int = 1, timeline_steps: int 
 
 
 def simulate(workload: Workload, config: SimConfig, methods=("ar", "sd", "mirror"), costs=None,
-             timeline_steps: int = 0) -> dict[str, MethodResult]:
-    """Simulate `methods` (ar always, as the baseline) on one workload; results by method name."""
+             timeline_steps: int = 0, progress=None) -> dict[str, MethodResult]:
+    """Simulate `methods` (ar always, as the baseline) on one workload; results by method name.
+
+    `costs` defaults to hwmodels' latencies for `config`; `progress(method)` is
+    called before each method runs.
+    """
     costs = costs if costs is not None else HardwareCosts(config)
     shape = shape_for(config)
     names = ["ar", *(m for m in dict.fromkeys(methods) if m != "ar")]
@@ -88,6 +92,8 @@ def simulate(workload: Workload, config: SimConfig, methods=("ar", "sd", "mirror
             raise InputError(f"--methods: unknown method {name!r} (known: {', '.join(METHODS)})")
     results = {}
     for name in names:
+        if progress is not None:
+            progress(name)
         results[name] = run_method(name, workload.records(name, shape), costs, config.batch, timeline_steps)
     for result in results.values():
         result.speedup = results["ar"].seconds / result.seconds if result.seconds else float("nan")

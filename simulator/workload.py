@@ -224,6 +224,13 @@ def load_traces(paths: list[str]) -> list[Trace]:
     return traces
 
 
+def replay_methods(source: str) -> list[str]:
+    """The methods a trace recorded with method `source` can be replayed as."""
+    if source in CHAIN_METHODS:
+        return ["ar", *CHAIN_METHODS]
+    return ["ar"] if source == "ar" else ["ar", source]
+
+
 def records_for(method: str, trace: Trace, shape: Shape, coverage: AcceptanceModel,
                 index: int, seed: int) -> list[StepRecord]:
     """The records with which `method` replays `trace` (see the module docstring)."""
@@ -231,9 +238,8 @@ def records_for(method: str, trace: Trace, shape: Shape, coverage: AcceptanceMod
     if method == source and method not in ("mirror", "mirror+ss"):
         return trace.records
     if method != "ar" and method != source and not (source in CHAIN_METHODS and method in CHAIN_METHODS):
-        raise InputError(f"{trace.source}: a {source!r} trace replays only as {source!r} or 'ar'"
-                         + (f" or {', '.join(CHAIN_METHODS)}" if source in CHAIN_METHODS else "")
-                         + f", not as {method!r}")
+        raise InputError(f"{trace.source}: a {source!r} trace replays as {', '.join(replay_methods(source))}, "
+                         f"not as {method!r}")
     if method == source:
         return [_with_coverage(r, coverage, shape, seed, index, i) for i, r in enumerate(trace.records)]
     outcomes = outcomes_of(trace.records)

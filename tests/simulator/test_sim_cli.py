@@ -110,3 +110,11 @@ def test_bad_traces_are_one_line_and_exit_2(tmp_path, capsys, header, record, me
     assert main(["simulate", "--trace", path]) == 2
     err = capsys.readouterr().err
     assert message in err and path in err and err.count("\n") == 1
+
+
+def test_traces_choose_the_default_methods(tmp_path, capsys):
+    task = Task("t", prompts=1, prompt_tokens=20, new_tokens=30)
+    trace = synthesize("ss", [task], AcceptanceModel(0.7), Shape(gamma=4, tree_nodes=12))[0]
+    path = tmp_path / "ss.jsonl"
+    write_trace(path, trace.header, trace.records)
+    assert list(_json(capsys, ["--trace", str(path)])["methods"]) == ["ar", "ss"]

@@ -119,7 +119,7 @@ def test_sd_trace_replays_as_mirror_with_the_same_acceptance(tmp_path):
 
 def test_tree_trace_does_not_replay_as_a_chain_method(tmp_path):
     traces = load_traces(_write_traces(tmp_path, "ss", n=1))
-    with pytest.raises(InputError, match="replays only as 'ss' or 'ar'"):
+    with pytest.raises(InputError, match="a 'ss' trace replays as ar, ss, not as 'sd'"):
         simulate(Workload(traces=traces), SimConfig(), ["sd"], costs=ConstantCosts(1, 1, 1))
 
 

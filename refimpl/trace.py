@@ -176,7 +176,9 @@ class TraceWriter:
 
     def __enter__(self) -> "TraceWriter":
         self._file = open(self.path, "w", encoding="utf-8")
-        self._file.write(json.dumps(asdict(self.header), sort_keys=False) + "\n")
+        header = asdict(self.header)
+        ordered = {"schema": header.pop("schema"), "version": header.pop("version"), **header}
+        self._file.write(json.dumps(ordered) + "\n")
         return self
 
     def write(self, record: StepRecord) -> None:

@@ -28,7 +28,7 @@ from refimpl.trace import StepRecord, TraceHeader, read_trace
 from .errors import InputError
 
 CHAIN_METHODS = ("sd", "mirror", "mirror+ss")
-DRAFT_MODEL_METHODS = ("sd", "mirror", "mirror+ss")
+MIRROR_METHODS = ("mirror", "mirror+ss")
 METHODS = ("ar", "sd", "ss", "medusa", "eagle", "mirror", "mirror+ss")
 
 
@@ -128,8 +128,7 @@ def synthesize_outcomes(model: AcceptanceModel, gamma: int, budget: int, seed: i
     accepted, emitted = accepted[:n].astype(int), emitted[:n].astype(int)
     if n:
         emitted[-1] -= int(done[n - 1]) - budget      # the last step stops at the budget
-    v = _uniforms(seed, prompt, 1, steps)[:n]
-    hit = v < model.coverages(gamma)[np.minimum(accepted, gamma)]
+    hit = _draw_coverage(model, gamma, accepted, seed, prompt)
     return Outcomes(np.full(n, gamma, dtype=int), accepted, emitted, hit)
 
 
@@ -143,7 +142,7 @@ def outcomes_of(records: list[StepRecord]) -> Outcomes:
 
 
 def _prefill_record(method: str, prompt_tokens: int) -> StepRecord:
-    draft = method in DRAFT_MODEL_METHODS or method == "eagle"
+    draft = method in CHAIN_METHODS or method == "eagle"
     return StepRecord(context=0, target_tokens=max(prompt_tokens, 1), draft_passes=int(draft),
                       draft_tokens_per_pass=max(prompt_tokens, 1) if draft else 0,
                       proposed=0, accepted=0, emitted=1, prefill=True)
@@ -235,37 +234,39 @@ def records_for(method: str, trace: Trace, shape: Shape, coverage: AcceptanceMod
                 index: int, seed: int) -> list[StepRecord]:
     """The records with which `method` replays `trace` (see the module docstring)."""
     source = trace.header.method
-    if method == source and method not in ("mirror", "mirror+ss"):
+    if method == source and method not in MIRROR_METHODS:
         return trace.records
     if method != "ar" and method != source and not (source in CHAIN_METHODS and method in CHAIN_METHODS):
         raise InputError(f"{trace.source}: a {source!r} trace replays as {', '.join(replay_methods(source))}, "
                          f"not as {method!r}")
-    if method == source:
-        return [_with_coverage(r, coverage, shape, seed, index, i) for i, r in enumerate(trace.records)]
     outcomes = outcomes_of(trace.records)
-    if source not in ("mirror", "mirror+ss") or any(r.coverage_hit is None for r in trace.records
-                                                    if not r.prefill):
-        outcomes.coverage_hit = _draw_coverage(coverage, shape.gamma, outcomes.accepted, seed, index)
+    drawn = _draw_coverage(coverage, shape.gamma, outcomes.accepted, seed, index)
+    if method == source:
+        return _fill_mirror(trace.records, drawn, shape)
+    if source not in MIRROR_METHODS or any(r.coverage_hit is None for r in trace.records if not r.prefill):
+        outcomes.coverage_hit = drawn
     return shape_records(method, trace.header.prompt_tokens, outcomes, shape, prefill=trace.has_prefill)
 
 
 def _draw_coverage(model: AcceptanceModel, gamma: int, accepted: np.ndarray, seed: int,
-                   index: int) -> np.ndarray:
-    v = _uniforms(seed, index, 1, accepted.size)
+                   prompt: int) -> np.ndarray:
+    """Coverage hits of a prompt's steps: the correction at depth A + 1 is covered with probability Ω."""
+    v = _uniforms(seed, prompt, 1, accepted.size)
     return v < model.coverages(gamma)[np.minimum(accepted, gamma)]
 
 
-def _with_coverage(record: StepRecord, model: AcceptanceModel, shape: Shape, seed: int, index: int,
-                   step: int) -> StepRecord:
-    """A Mirror-SD record with its branches and coverage filled in where the trace left them out."""
-    if record.prefill or (record.coverage_hit is not None and record.branches is not None):
-        return record
-    hit = record.coverage_hit
-    if hit is None:
-        v = np.random.default_rng([seed, index, 2, step]).random()
-        hit = bool(v < model.coverages(shape.gamma)[min(record.accepted, shape.gamma)])
-    branches = record.branches or shape.branches or shape.kappa * (record.proposed + 1)
-    return replace(record, coverage_hit=hit, branches=branches)
+def _fill_mirror(records: list[StepRecord], drawn: np.ndarray, shape: Shape) -> list[StepRecord]:
+    """A Mirror-SD trace's records, with coverage and branches filled in where the trace left them out."""
+    filled = []
+    hits = iter(drawn.tolist())
+    for record in records:
+        if not record.prefill:
+            hit = next(hits)
+            if record.coverage_hit is None or record.branches is None:
+                record = replace(record, coverage_hit=hit if record.coverage_hit is None else record.coverage_hit,
+                                 branches=record.branches or shape.branches or shape.kappa * (record.proposed + 1))
+        filled.append(record)
+    return filled
 
 
 def synthesize(method: str, tasks: list[Task], model: AcceptanceModel, shape: Shape, seed: int = 0,

@@ -1,6 +1,8 @@
 """Synthetic workloads follow their acceptance models; traces replay exactly; batching pads."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -106,6 +108,22 @@ def test_replaying_written_traces_equals_the_synthetic_run(tmp_path):
     for name in ("ar", "mirror"):
         assert replayed[name].seconds == direct[name].seconds
         assert replayed[name].counts == direct[name].counts
+
+
+def test_mirror_traces_without_coverage_draw_it_like_the_synthetic_run(tmp_path):
+    costs = ConstantCosts(0.004, 0.005, 0.0009, rendezvous=1e-5)
+    paths = _write_traces(tmp_path, "mirror")
+    for path in paths:                       # strip what a recorder might not know
+        lines = open(path).read().splitlines()
+        stripped = [lines[0]] + [json.dumps({k: v for k, v in json.loads(line).items()
+                                             if k not in ("coverage_hit", "branches")}) for line in lines[1:]]
+        open(path, "w").write("\n".join(stripped) + "\n")
+    replayed = simulate(Workload(traces=load_traces(paths), acceptance=AcceptanceModel(coverage=0.6), seed=4),
+                        SimConfig(gamma=5), ["mirror"], costs=costs)
+    direct = simulate(Workload([Task("t", 3, 30, 90)], AcceptanceModel(0.7, 0.6), seed=4), SimConfig(gamma=5),
+                      ["mirror"], costs=costs)
+    assert replayed["mirror"].seconds == direct["mirror"].seconds
+    assert replayed["mirror"].counts == direct["mirror"].counts
 
 
 def test_sd_trace_replays_as_mirror_with_the_same_acceptance(tmp_path):

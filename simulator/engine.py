@@ -11,7 +11,11 @@ Two tallies come out of a run:
 
 - `busy`: seconds each device group was busy (utilisation = busy / wall time);
 - `breakdown`: the wall time split along the critical path, by what the
-  method was waiting for (it sums to the wall time).
+  method was waiting for (it sums to the wall time): `target` (whole passes),
+  `target_prefix` / `target_suffix` (Mirror-SD's layers 1..ℓe / ℓe+1..N),
+  `draft` (serial draft passes, or the part of Mirror-SD's rollouts that
+  outlasts the suffix), `rendezvous`, `fallback_draft` (fresh rollouts after a
+  coverage miss) and `heads` (Medusa heads / EAGLE draft passes).
 """
 from __future__ import annotations
 
@@ -21,10 +25,6 @@ from dataclasses import dataclass
 import simpy
 
 DEVICES = ("target", "draft", "link")
-
-#: Critical-path categories of the step-time breakdown.
-CATEGORIES = ("target", "target_prefix", "target_suffix", "draft", "rendezvous", "fallback_draft", "heads")
-
 
 @dataclass(slots=True)
 class Span:

@@ -26,6 +26,7 @@ DEFAULT_ACCEPTANCE = 0.8
 #: 0.7 takes the paper's premise that the mid-layer proxy is strongly correlated with the final layer.
 DEFAULT_COVERAGE = 0.7
 DEFAULT_METHODS = "ar,sd,mirror,mirror+ss"
+BREAKDOWN = ("target", "target_prefix", "target_suffix", "heads", "draft", "rendezvous", "fallback_draft")
 
 
 def register(subparsers) -> None:
@@ -188,8 +189,14 @@ def _table(args, config, workload, results) -> str:
     what = (f"{len(w['traces'])} trace(s)" if "traces" in w else
             f"{sum(t['prompts'] for t in w['tasks'].values())} synthetic prompts "
             f"({', '.join(w['tasks'])}), acceptance α={w['acceptance']}")
+    categories = [c for c in BREAKDOWN if any(r.breakdown.get(c) for r in results.values())]
+    shares = [[name, *(100 * r.breakdown.get(c, 0.0) / r.seconds if r.seconds else 0.0 for c in categories)]
+              for name, r in results.items()]
     lines = [f"{args.target} on {args.tp} x {args.target_hw}, draft {args.draft} on {args.draft_tp} x "
              f"{args.draft_hw}; γ={s['gamma']} κ={s['kappa']} ℓe={args.exit_layer or 'N/2'} batch={config.batch}",
              f"workload: {what}, coverage Ω={w['coverage']}",
-             tabulate(rows, header, floatfmt=".3f", missingval="")]
+             tabulate(rows, header, floatfmt=".3f", missingval=""),
+             "",
+             "critical path, % of wall time:",
+             tabulate(shares, ["method", *categories], floatfmt=".1f")]
     return "\n".join(lines)

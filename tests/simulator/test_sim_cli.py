@@ -22,8 +22,10 @@ def test_no_arguments_runs_the_mirror_sd_testbed(capsys):
     assert main(["simulate"]) == 0
     out = capsys.readouterr().out
     assert "qwen3-32b on 8 x m2-ultra-gpu" in out and "γ=7 κ=8" in out and "480 synthetic prompts" in out
-    rows = {line.split()[0]: line.split() for line in out.splitlines()[4:]}
+    table, breakdown = out.split("\n\n")
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[4:]}
     assert set(rows) == {"ar", "sd", "mirror", "mirror+ss"}
+    assert "target_prefix" in breakdown and "fallback_draft" in breakdown
     assert float(rows["ar"][2]) == 1.0
     assert float(rows["mirror+ss"][2]) > float(rows["sd"][2]) > 1.0
 

@@ -2,7 +2,8 @@
 
 With no arguments it runs the Mirror-SD paper's testbed (Qwen3-32B on 8 M2 Ultra
 GPUs, Qwen3-0.6B draft on their Neural Engines, γ = 7, κ = 8, ℓe = N/2, batch 1)
-on Spec-Bench's six tasks with the default acceptance and coverage below.
+on Spec-Bench's six tasks (synthetic, 480 prompts) with acceptance α = 0.8 and
+early-exit coverage Ω_8 = 0.7, and prints a table of ar, sd, mirror and mirror+ss.
 """
 from __future__ import annotations
 
@@ -43,18 +44,19 @@ def register(subparsers) -> None:
     source.add_argument("--prompts", type=int, help="synthetic workload: K prompts ...")
     source.add_argument("--prompt-tokens", type=int, default=128, help="... of N tokens (default 128) ...")
     source.add_argument("--new-tokens", type=int, default=1024, help="... generating M tokens each (default 1024)")
-    source.add_argument("--seed", type=int, default=0)
+    source.add_argument("--seed", type=int, default=0, help="seed of the synthetic acceptance and coverage draws")
     system = parser.add_argument_group("system (default: the Mirror-SD testbed)")
-    system.add_argument("--target", default="qwen3-32b")
-    system.add_argument("--draft", default="qwen3-0.6b")
-    system.add_argument("--target-hw", default="m2-ultra-gpu")
-    system.add_argument("--draft-hw", default="m2-ultra-ane")
+    system.add_argument("--target", default="qwen3-32b", help="target model shape (default qwen3-32b)")
+    system.add_argument("--draft", default="qwen3-0.6b", help="draft model shape (default qwen3-0.6b)")
+    system.add_argument("--target-hw", default="m2-ultra-gpu", help="target device (default m2-ultra-gpu)")
+    system.add_argument("--draft-hw", default="m2-ultra-ane", help="draft device (default m2-ultra-ane)")
     system.add_argument("--tp", type=int, default=8, help="target tensor-parallel degree")
     system.add_argument("--draft-tp", type=int, default=8, help="draft tensor-parallel degree (SPD sharding)")
     system.add_argument("--target-devices", type=int, help="target devices (default: --tp)")
     system.add_argument("--draft-devices", type=int, help="draft devices (default: --draft-tp)")
-    system.add_argument("--link", default="m2-ultra-unified", help="link between target and draft devices")
-    system.add_argument("--dtype", default="fp16")
+    system.add_argument("--link", default="m2-ultra-unified",
+                        help="link between target and draft devices (default m2-ultra-unified)")
+    system.add_argument("--dtype", default="fp16", help="weights of the target (default fp16)")
     system.add_argument("--draft-dtype", help="default: --dtype")
     spec = parser.add_argument_group("speculation")
     spec.add_argument("--methods", help=f"comma-separated; default {DEFAULT_METHODS}, or with --trace the "
@@ -62,7 +64,7 @@ def register(subparsers) -> None:
     spec.add_argument("--gamma", type=int, default=7, help="draft window γ")
     spec.add_argument("--kappa", type=int, help="Mirror-SD top-κ (default: 8/4/2/1 by batch)")
     spec.add_argument("--exit-layer", type=int, help="Mirror-SD early-exit layer ℓe (default N/2)")
-    spec.add_argument("--batch", type=int, default=1)
+    spec.add_argument("--batch", type=int, default=1, help="sequences decoded in lock step (default 1)")
     spec.add_argument("--ss-streams", type=int, help="mirror+ss lookahead streams (default 2, 1 from B=16)")
     spec.add_argument("--tree-nodes", type=int, help="target rows of ss/medusa/eagle steps (default γ+1)")
     spec.add_argument("--branches", type=int, help="Mirror-SD rollouts per step (default κ·(γ+1))")

@@ -10,74 +10,127 @@ sum `((x0*w0 + x1*w1) + x2*w2) + ...` taken in increasing input index, the same
 value numpy gets by accumulating column by column.
 
 Speed comes from the weight layout instead of from reordering sums. A linear
-layer's weight W (out, in) is packed once into tiles `P[b, i, j] = W[b*T + j, i]`
-of TILE = 64 output columns. A tile is streamed from memory once per pass and
-each input value updates 64 independent accumulators (8 AVX vectors), so the
-compiler vectorises across outputs without touching any sum's order. Threads
-split the tiles; a reduction is never split across threads.
+layer's weight W (out, in) is packed once into groups of TILE = 64 output
+columns, each stored as 4 strips of STRIP = 16 columns:
+`P[g, s, i, j] = W[g*64 + s*16 + j, i]`. A group is streamed from memory once
+per pass; the accumulators live in registers (a small stack array, see
+`stack_f32`), and each input value updates 16 or 64 independent accumulators,
+so the compiler vectorises across outputs without touching any sum's order.
+Rows are processed four at a time (each loaded weight vector used four times),
+the remaining rows one at a time over the whole group. Threads split the
+groups; a reduction is never split across threads.
 """
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-TILE = 64
-ROW_GROUP = 4  # rows updated together, sharing each loaded weight vector
+TILE = 64    # output columns per packed group
+STRIP = 16   # output columns per strip (two AVX registers)
+
+
+@intrinsic
+def stack_f32(typingctx, size):
+    """A float32 array of compile-time constant size on the stack (not the heap),
+    so LLVM can keep its elements in registers."""
+    if not isinstance(size, types.IntegerLiteral):
+        return None
+    array_type = types.Array(types.float32, 1, "C")
+
+    def codegen(context, builder, signature, args):
+        n = signature.args[0].literal_value
+        count = context.get_constant(types.intp, n)
+        data = cgutils.alloca_once(builder, context.get_data_type(types.float32), size=count)
+        array = context.make_array(array_type)(context, builder)
+        itemsize = context.get_constant(types.intp, 4)
+        context.populate_array(array, data=data, shape=cgutils.pack_array(builder, [count]),
+                               strides=cgutils.pack_array(builder, [itemsize]), itemsize=itemsize, meminfo=None)
+        return array._getvalue()
+
+    return array_type(size), codegen
 
 
 def pack_linear(weight: np.ndarray) -> np.ndarray:
-    """Pack a (out, in) weight into (ceil(out/TILE), in, TILE) tiles, zero-padded."""
+    """Pack a (out, in) weight into (ceil(out/64), 4, in, 16) strips, zero-padded."""
     n_out, n_in = weight.shape
-    n_tiles = -(-n_out // TILE)
-    padded = np.zeros((n_tiles * TILE, n_in), dtype=np.float32)
+    n_groups = -(-n_out // TILE)
+    padded = np.zeros((n_groups * TILE, n_in), dtype=np.float32)
     padded[:n_out] = weight
-    return np.ascontiguousarray(padded.reshape(n_tiles, TILE, n_in).transpose(0, 2, 1))
+    strips = padded.reshape(n_groups, TILE // STRIP, STRIP, n_in).transpose(0, 1, 3, 2)
+    return np.ascontiguousarray(strips)
 
 
 def padded_width(n_out: int) -> int:
-    """Width of a matmul output buffer for n_out outputs (a whole number of tiles)."""
+    """Width of a matmul output buffer for n_out outputs (a whole number of groups)."""
     return -(-n_out // TILE) * TILE
 
 
 @njit(cache=True)
-def _matmul_tile(x, tile, out, col0):
-    """out[:, col0:col0+TILE] = x @ tile, each element summed in input order."""
-    n_rows, n_in = x.shape
-    for r in range(n_rows):
-        for j in range(TILE):
-            out[r, col0 + j] = 0.0
-    r = 0
-    while r + ROW_GROUP <= n_rows:
-        a0 = out[r, col0:col0 + TILE]
-        a1 = out[r + 1, col0:col0 + TILE]
-        a2 = out[r + 2, col0:col0 + TILE]
-        a3 = out[r + 3, col0:col0 + TILE]
+def _four_rows(x, r, group, out, col0):
+    """Rows r..r+3 of one group, strip by strip; each weight vector feeds four rows."""
+    n_in = x.shape[1]
+    for s in range(TILE // STRIP):
+        a0 = stack_f32(STRIP)
+        a1 = stack_f32(STRIP)
+        a2 = stack_f32(STRIP)
+        a3 = stack_f32(STRIP)
+        for j in range(STRIP):
+            a0[j] = 0.0
+            a1[j] = 0.0
+            a2[j] = 0.0
+            a3[j] = 0.0
+        strip = group[s]
         for i in range(n_in):
             x0 = x[r, i]
             x1 = x[r + 1, i]
             x2 = x[r + 2, i]
             x3 = x[r + 3, i]
-            for j in range(TILE):
-                w = tile[i, j]
+            for j in range(STRIP):
+                w = strip[i, j]
                 a0[j] += x0 * w
                 a1[j] += x1 * w
                 a2[j] += x2 * w
                 a3[j] += x3 * w
-        r += ROW_GROUP
-    while r < n_rows:
-        a = out[r, col0:col0 + TILE]
-        for i in range(n_in):
-            xi = x[r, i]
-            for j in range(TILE):
-                a[j] += xi * tile[i, j]
-        r += 1
+        c = col0 + s * STRIP
+        for j in range(STRIP):
+            out[r, c + j] = a0[j]
+            out[r + 1, c + j] = a1[j]
+            out[r + 2, c + j] = a2[j]
+            out[r + 3, c + j] = a3[j]
+
+
+@njit(cache=True)
+def _one_row(x, r, group, out, col0):
+    """Row r of one group, all four strips at once (64 accumulators)."""
+    n_in = x.shape[1]
+    a = stack_f32(TILE)
+    for j in range(TILE):
+        a[j] = 0.0
+    for i in range(n_in):
+        xi = x[r, i]
+        for j in range(STRIP):
+            a[j] += xi * group[0, i, j]
+            a[STRIP + j] += xi * group[1, i, j]
+            a[2 * STRIP + j] += xi * group[2, i, j]
+            a[3 * STRIP + j] += xi * group[3, i, j]
+    for j in range(TILE):
+        out[r, col0 + j] = a[j]
 
 
 @njit(parallel=True, cache=True)
 def matmul(x, packed, out):
     """out (n, padded_width) = x (n, in) @ W.T for a weight packed by pack_linear."""
-    for b in prange(packed.shape[0]):
-        _matmul_tile(x, packed[b], out, b * TILE)
+    n_rows = x.shape[0]
+    for g in prange(packed.shape[0]):
+        r = 0
+        while r + 4 <= n_rows:
+            _four_rows(x, r, packed[g], out, g * TILE)
+            r += 4
+        while r < n_rows:
+            _one_row(x, r, packed[g], out, g * TILE)
+            r += 1
 
 
 @njit(cache=True)
@@ -191,7 +244,7 @@ def transformer_layer(h, positions, base, mask, cos, sin, eps, n_heads, n_kv_hea
     n, dim = h.shape
     head_dim = dim // n_heads
     kv_dim = n_kv_heads * head_dim
-    hidden = w2.shape[1]
+    hidden = w2.shape[2]  # packed (groups, strips, in, STRIP)
     x = np.empty((n, dim), np.float32)
     rmsnorm(h, attn_norm, eps, x)
     q = np.empty((n, wq.shape[0] * TILE), np.float32)

@@ -66,10 +66,14 @@ def shape_for(config: SimConfig) -> Shape:
                  ss_tokens=config.ss_tokens, branches=config.branches)
 
 
-def run_method(method: str, prompts, costs, batch: int = 1, timeline_steps: int = 0) -> MethodResult:
-    """Simulate one method over per-prompt step records (lists of StepRecord)."""
+def _check_method(method: str) -> None:
     if method not in METHODS:
         raise InputError(f"--methods: unknown method {method!r} (known: {', '.join(METHODS)})")
+
+
+def run_method(method: str, prompts, costs, batch: int = 1, timeline_steps: int = 0) -> MethodResult:
+    """Simulate one method over per-prompt step records (lists of StepRecord)."""
+    _check_method(method)
     started = time.perf_counter()
     sim = Simulation(timeline_steps)
     seconds = sim.run(METHODS[method](sim, batch_steps(prompts, batch), costs))
@@ -88,8 +92,7 @@ def simulate(workload: Workload, config: SimConfig, methods=("ar", "sd", "mirror
     shape = shape_for(config)
     names = ["ar", *(m for m in dict.fromkeys(methods) if m != "ar")]
     for name in names:
-        if name not in METHODS:
-            raise InputError(f"--methods: unknown method {name!r} (known: {', '.join(METHODS)})")
+        _check_method(name)          # all of them before the first long run
     results = {}
     for name in names:
         if progress is not None:

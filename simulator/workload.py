@@ -29,7 +29,6 @@ from .errors import InputError
 
 CHAIN_METHODS = ("sd", "mirror", "mirror+ss")
 MIRROR_METHODS = ("mirror", "mirror+ss")
-METHODS = ("ar", "sd", "ss", "medusa", "eagle", "mirror", "mirror+ss")
 
 
 @dataclass(frozen=True)
@@ -195,7 +194,7 @@ def _step_shaper(method: str, shape: Shape):
         "mirror+ss": mirror(max(shape.ss_tokens, 1)),
     }
     if method not in shapers:
-        raise InputError(f"--methods: unknown method {method!r} (known: {', '.join(METHODS)})")
+        raise InputError(f"--methods: unknown method {method!r} (known: ar, {', '.join(shapers)})")
     return shapers[method]
 
 

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from simulator import AcceptanceModel, ConstantCosts, SimConfig, Task, Workload, simulate

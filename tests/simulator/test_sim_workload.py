@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refimpl.trace import StepRecord, TraceHeader, write_trace
+from refimpl.trace import StepRecord, write_trace
 from simulator import AcceptanceModel, ConstantCosts, SimConfig, Task, Workload, load_traces, simulate
 from simulator.batching import batch_steps
 from simulator.errors import InputError

@@ -123,3 +123,16 @@ def test_time_saved_per_step_matches_the_paper():
         saved = (results["sd"].seconds - results["mirror"].seconds) / steps
         assert saved == pytest.approx(min(suffix, 5 * draft_pass) - 2e-5, rel=1e-9)
         assert np.isfinite(saved)
+
+
+def test_no_device_group_is_ever_double_booked():
+    costs = ConstantCosts(0.004, 0.003, 0.0009, rendezvous=2e-5, heads_pass=1e-4)
+    workload = Workload([TASK], AcceptanceModel(0.7, 0.5), prefill=True)
+    methods = ["sd", "ss", "medusa", "eagle", "mirror", "mirror+ss"]
+    results = simulate(workload, SimConfig(gamma=5), methods, costs=costs, timeline_steps=10**6)
+    for name, result in results.items():
+        for device in ("target", "draft", "link"):
+            spans = sorted((s.start, s.start + s.seconds) for s in result.spans if s.device == device)
+            assert all(end <= next_start + 1e-12 for (_, end), (next_start, _) in zip(spans, spans[1:])), name
+        busy = sum(s.seconds for s in result.spans if s.device == "target")
+        assert busy == pytest.approx(result.busy["target"], rel=1e-9)

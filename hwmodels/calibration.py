@@ -39,6 +39,7 @@ PARAM_BOUNDS = {
     "overlap": (0.0, 1.0),
     "pass_overhead_s": (0.0, 10.0),
     "layer_overhead_s": (0.0, 1.0),
+    "dot_overhead_s": (0.0, 1e-3),
     "link_alpha_s": (0.0, 0.1),
     "link_beta_s_per_byte": (1e-14, 1e-6),
 }
@@ -47,7 +48,7 @@ PARAM_BOUNDS = {
 #: starting value is measured in units of max(|start|, this)).
 PRIOR_FLOOR = {
     "compute_efficiency": 0.1, "memory_efficiency": 0.1, "overlap": 0.1, "pass_overhead_s": 1e-4,
-    "layer_overhead_s": 1e-5, "link_alpha_s": 1e-6, "link_beta_s_per_byte": 1e-13,
+    "layer_overhead_s": 1e-5, "dot_overhead_s": 1e-9, "link_alpha_s": 1e-6, "link_beta_s_per_byte": 1e-13,
 }
 
 

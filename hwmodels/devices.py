@@ -92,6 +92,7 @@ class Device:
     pass_overhead_s: float      # fixed cost of a forward pass (launches, scheduling, sampling)
     layer_overhead_s: float     # fixed cost per transformer block (kernel launches)
     memory_usable_fraction: float
+    dot_overhead_s: float = 0.0  # fixed cost per dot product (CPU loop set-up; 0 on GPUs/NPUs)
     tp_link: Link | None = None
     calibration: str | None = None
     sources: dict = field(default_factory=dict, compare=False)
@@ -112,6 +113,7 @@ class Device:
             raise InputError(f"{owner}: overlap must be in [0, 1], got {self.overlap}")
         _non_negative(owner, "pass_overhead_s", self.pass_overhead_s)
         _non_negative(owner, "layer_overhead_s", self.layer_overhead_s)
+        _non_negative(owner, "dot_overhead_s", self.dot_overhead_s)
 
     # ----- rates ---------------------------------------------------------
     def peak(self, dtype: str) -> float:
@@ -141,6 +143,7 @@ class Device:
             memory_bandwidth=self.memory_bandwidth * f,
             pass_overhead_s=self.pass_overhead_s / f,
             layer_overhead_s=self.layer_overhead_s / f,
+            dot_overhead_s=self.dot_overhead_s / f,
             tp_link=self.tp_link.scaled(f) if self.tp_link else None,
         )
 
@@ -180,7 +183,7 @@ class Device:
     def summary(self) -> dict:
         fields = ("key", "name", "kind", "peak_flops", "memory_bandwidth", "memory_capacity",
                   "compute_efficiency", "memory_efficiency", "overlap", "pass_overhead_s",
-                  "layer_overhead_s", "memory_usable_fraction", "calibration")
+                  "layer_overhead_s", "dot_overhead_s", "memory_usable_fraction", "calibration")
         out = {name: getattr(self, name) for name in fields}
         out["peak_flops"] = dict(self.peak_flops)
         out["tp_link"] = self.tp_link.key if self.tp_link else None
@@ -235,7 +238,7 @@ def link_latency(link_or_name, nbytes: float) -> float:
 
 
 _SCALAR_FIELDS = ("compute_efficiency", "memory_efficiency", "overlap", "pass_overhead_s",
-                  "layer_overhead_s", "memory_usable_fraction")
+                  "layer_overhead_s", "dot_overhead_s", "memory_usable_fraction")
 
 
 def _datasheet_device(key: str, entry: dict, defaults: dict) -> Device:
@@ -286,10 +289,21 @@ def apply_calibration(device: Device, calibration_name: str) -> Device:
     from .calibration import load_calibration
     cal = load_calibration(calibration_name)
     params = dict(cal["params"])
-    calibrated = device.with_params(calibration=calibration_name, **params)
     sources = dict(device.sources)
     for name in params:
         sources[name] = f"calibration {calibration_name}: {cal['source']}"
+    # A measured device (the CPU) is calibrated against the rates its micro-benchmark
+    # gave when the fit was made; pinning them keeps the calibrated device independent
+    # of the noise of later micro-benchmarks on a shared machine.
+    rates = cal.get("rates", {})
+    if "peak_flops" in rates:
+        params["peak_flops"] = {**device.peak_flops, **rates["peak_flops"]}
+        for dtype in rates["peak_flops"]:
+            sources[f"peak_flops.{dtype}"] = f"calibration {calibration_name}: micro-benchmark at fit time"
+    if "memory_bandwidth" in rates:
+        params["memory_bandwidth"] = rates["memory_bandwidth"]
+        sources["memory_bandwidth"] = f"calibration {calibration_name}: micro-benchmark at fit time"
+    calibrated = device.with_params(calibration=calibration_name, **params)
     return dataclasses.replace(calibrated, sources=sources)
 
 
@@ -306,8 +320,9 @@ def get_device(name_or_device) -> Device:
     base_name, _, cal_name = text.partition("@")
     key = resolve(base_name, _device_index(), "device", "device")
     if key == "cpu":
-        from .cpu import cpu_device
-        device, default_cal = cpu_device(), None
+        from .cpu import CPU_CALIBRATION, cpu_device
+        device = cpu_device()
+        default_cal = CPU_CALIBRATION if CPU_CALIBRATION in known_calibrations() else None
     else:
         devices, calibrations = _catalog()
         device, default_cal = devices[key], calibrations.get(key)

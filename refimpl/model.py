@@ -13,7 +13,8 @@ ancestor mask (see refimpl.trees), each row's own entry included.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -156,6 +157,17 @@ class Model:
     def new_cache(self, slots: int | None = None) -> KVCache:
         """An empty cache; by default as long as the model's sequence length."""
         return KVCache(self.config, slots or self.config.seq_len)
+
+    def first_layers(self, k: int) -> "Model":
+        """A cut draft: this model's first k layers with its embedding, final norm and
+        classifier, sharing their arrays (no copy); it needs its own cache (`new_cache`)."""
+        if not 1 <= k <= self.config.n_layers:
+            raise InputError(f"--draft-layers {k}: must be between 1 and the target's {self.config.n_layers} layers")
+        draft = copy.copy(self)
+        draft.config = replace(self.config, n_layers=k)
+        draft.layers = self.layers[:k]
+        draft.name = f"{self.name}[:{k}]"
+        return draft
 
     def weight_bytes(self) -> int:
         """Bytes of weights one forward pass streams (embedding row excluded)."""

@@ -5,10 +5,17 @@
 
 and stops after max_new_tokens tokens, at the model's sequence length, or at a
 stop token (BOS or EOS, which is not emitted). `generate` drives one to the end.
+Methods that take parameters check them when called, before the first step.
+
+- ar: plain autoregressive decoding, the baseline;
+- sd: a draft model proposes a chain or tree (params draft, gamma, tree_k, verify);
+- lookup: prompt lookup decoding (params gamma, ngram).
 """
 from refimpl.decoding.ar import autoregressive
 from refimpl.decoding.common import Generation, generate
+from refimpl.decoding.lookup import prompt_lookup
+from refimpl.decoding.sd import speculative
 
-METHODS = {"ar": autoregressive}
+METHODS = {"ar": autoregressive, "sd": speculative, "lookup": prompt_lookup}
 
-__all__ = ["METHODS", "Generation", "autoregressive", "generate"]
+__all__ = ["METHODS", "Generation", "autoregressive", "generate", "prompt_lookup", "speculative"]

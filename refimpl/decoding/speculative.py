@@ -1,0 +1,96 @@
+"""The speculative decoding loop every proposing method shares (sd, lookup, and later ones).
+
+One step (one target forward pass), in the manner of gpt-fast's speculative_decode:
+
+1. the proposer offers a `TokenTree` whose root is the pending token (the last
+   committed one, not yet in the target's cache), at most `max_depth` deep and
+   `max_nodes` large;
+2. the target runs every node in one pass (positions by depth, ancestor mask),
+   its rows written after the committed cache but not committed;
+3. a verification rule (refimpl.verify) picks the accepted path and the
+   bonus/correction token;
+4. the cache keeps the accepted path's rows, compacted into place, and forgets
+   the rest: it then holds exactly the bits plain decoding would have written;
+5. the new tokens are emitted through `clip`, like `ar`.
+
+The prefill pass samples the first token exactly as `ar` does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from refimpl.decoding.common import Stopwatch, clip, token_budget
+from refimpl.sampling import SamplingSettings, probabilities, sample
+from refimpl.trace import StepRecord
+from refimpl.trees import TokenTree
+from refimpl.verify import MATCH, PositionKeyed, verify_match, verify_rejection
+
+
+@dataclass
+class Proposal:
+    """A proposer's answer: the tree, the draft distributions its children were drawn
+    from (rejection sampling only; None per leaf) and the rows of each draft pass."""
+    tree: TokenTree
+    q: list | None = None
+    draft_rows: list[int] = field(default_factory=list)
+
+
+class TargetRows:
+    """The target's distributions per tree node, computed only for the nodes a walk visits."""
+
+    def __init__(self, logits: np.ndarray, settings: SamplingSettings):
+        self.logits, self.settings, self.rows = logits, settings, {}
+
+    def __getitem__(self, node: int) -> np.ndarray:
+        if node not in self.rows:
+            self.rows[node] = probabilities(self.logits[node], self.settings)
+        return self.rows[node]
+
+
+def per_pass(rows: list[int]) -> int | list[int]:
+    """A record's draft_tokens_per_pass: one int when every pass had as many rows."""
+    if len(set(rows)) > 1:
+        return list(rows)
+    return rows[0] if rows else 0
+
+
+def speculative_decode(target, prompt_ids, settings: SamplingSettings, max_new_tokens: int, propose,
+                       verify: str = MATCH, cache=None):
+    """Yield (emitted, record, stop) per target pass. `propose(context, max_depth, max_nodes)`
+    returns a Proposal for the committed tokens `context` (its last one pending).
+    `cache` may be given to inspect the target's KV cache afterwards."""
+    budget = token_budget(target, prompt_ids, max_new_tokens)
+    if budget == 0:
+        return
+    cache = target.new_cache() if cache is None else cache
+    clock = Stopwatch()
+    rng = PositionKeyed(settings.seed)
+    n_prompt = len(prompt_ids)
+    token = sample(target.forward(prompt_ids, np.arange(n_prompt), cache)[-1], settings, n_prompt)
+    emitted, stop = clip([token], 0, budget)
+    yield emitted, StepRecord(context=0, target_tokens=n_prompt, draft_passes=0, draft_tokens_per_pass=0,
+                              proposed=0, accepted=0, emitted=len(emitted), wall_s=clock.lap(),
+                              prefill=True), stop
+    context, produced = list(prompt_ids) + [token], 1
+    while not stop:
+        base = cache.length
+        proposal = propose(context, budget - produced - 1, cache.capacity - base)
+        tree = proposal.tree
+        logits = target.forward(tree.token_array(), tree.positions(base), cache,
+                                mask=tree.ancestor_mask(), commit=False)
+        if verify == MATCH:
+            verdict = verify_match(tree, logits, settings, base)
+        else:
+            verdict = verify_rejection(tree, TargetRows(logits, settings), proposal.q, rng, base)
+        cache.keep(verdict.path)
+        new = [tree.tokens[i] for i in verdict.path[1:]] + [verdict.token]
+        emitted, stop = clip(new, produced, budget)
+        rows = proposal.draft_rows
+        yield emitted, StepRecord(context=base, target_tokens=len(tree), draft_passes=len(rows),
+                                  draft_tokens_per_pass=per_pass(rows), proposed=len(tree) - 1,
+                                  accepted=len(verdict.path) - 1, emitted=len(emitted),
+                                  wall_s=clock.lap()), stop
+        produced += len(new)
+        context += new

@@ -170,6 +170,37 @@ def apply_rope(x, n_heads, head_dim, positions, cos, sin):
                 x[r, base + 2 * k + 1] = v0 * s + v1 * c
 
 
+KEY_BLOCK = 8        # keys scored together (independent sums, interleaved)
+MAX_HEAD_DIM = 256   # size of the stack accumulator of one head's output
+
+
+@njit(cache=True)
+def _key_scores(q, r, qo, k_cache, ko, head_dim, n_slots, s):
+    """s[slot] = q[r, head] . k[slot, head] for slots 0..n_slots-1, each summed over d in order.
+
+    Eight keys at a time keep eight independent sums in flight; every slot is
+    scored (masked ones too, then ignored), so a score never depends on the mask.
+    """
+    slot = 0
+    while slot + KEY_BLOCK <= n_slots:
+        acc = stack_f32(KEY_BLOCK)
+        for j in range(KEY_BLOCK):
+            acc[j] = 0.0
+        for d in range(head_dim):
+            qd = q[r, qo + d]
+            for j in range(KEY_BLOCK):
+                acc[j] += qd * k_cache[slot + j, ko + d]
+        for j in range(KEY_BLOCK):
+            s[slot + j] = acc[j]
+        slot += KEY_BLOCK
+    while slot < n_slots:
+        dot = np.float32(0.0)
+        for d in range(head_dim):
+            dot += q[r, qo + d] * k_cache[slot, ko + d]
+        s[slot] = dot
+        slot += 1
+
+
 @njit(parallel=True, cache=True)
 def attention(q, k_cache, v_cache, base, mask, n_heads, n_kv_heads, head_dim, scores, out):
     """Multi-head (grouped-query) attention of n new rows over the cache.
@@ -180,6 +211,7 @@ def attention(q, k_cache, v_cache, base, mask, n_heads, n_kv_heads, head_dim, sc
     written. scores: scratch (n*n_heads, slots). out: (n, n_heads*head_dim).
     """
     n_rows = q.shape[0]
+    n_slots = base + n_rows
     group = n_heads // n_kv_heads
     scale = np.float32(1.0) / np.sqrt(np.float32(head_dim))
     for task in prange(n_rows * n_heads):
@@ -188,32 +220,27 @@ def attention(q, k_cache, v_cache, base, mask, n_heads, n_kv_heads, head_dim, sc
         qo = h * head_dim
         ko = (h // group) * head_dim
         s = scores[task]
+        _key_scores(q, r, qo, k_cache, ko, head_dim, n_slots, s)
         m = np.float32(-np.inf)
-        for slot in range(base + n_rows):
-            if slot >= base and not mask[r, slot - base]:
-                continue
-            dot = np.float32(0.0)
-            for d in range(head_dim):
-                dot += q[r, qo + d] * k_cache[slot, ko + d]
-            dot = dot * scale
-            s[slot] = dot
-            if dot > m:
-                m = dot
+        for slot in range(n_slots):
+            if slot < base or mask[r, slot - base]:
+                s[slot] = s[slot] * scale
+                m = max(m, s[slot])
         total = np.float32(0.0)
-        for slot in range(base + n_rows):
-            if slot >= base and not mask[r, slot - base]:
-                continue
-            e = np.exp(s[slot] - m)
-            s[slot] = e
-            total += e
+        for slot in range(n_slots):
+            if slot < base or mask[r, slot - base]:
+                s[slot] = np.exp(s[slot] - m)
+                total += s[slot]
+        acc = stack_f32(MAX_HEAD_DIM)
         for d in range(head_dim):
-            out[r, qo + d] = 0.0
-        for slot in range(base + n_rows):
-            if slot >= base and not mask[r, slot - base]:
-                continue
-            p = s[slot] / total
-            for d in range(head_dim):
-                out[r, qo + d] += p * v_cache[slot, ko + d]
+            acc[d] = 0.0
+        for slot in range(n_slots):
+            if slot < base or mask[r, slot - base]:
+                p = s[slot] / total
+                for d in range(head_dim):
+                    acc[d] += p * v_cache[slot, ko + d]
+        for d in range(head_dim):
+            out[r, qo + d] = acc[d]
 
 
 @njit(cache=True)

@@ -54,8 +54,8 @@ class ModelConfig:
             raise InputError(f"{source}: dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
             raise InputError(f"{source}: n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
-        if self.head_dim % 2:
-            raise InputError(f"{source}: head_dim {self.head_dim} must be even for RoPE")
+        if self.head_dim % 2 or self.head_dim > 256:
+            raise InputError(f"{source}: head_dim {self.head_dim} must be even and at most 256")
 
     def parameter_count(self) -> int:
         """Number of weights, the classifier counted once when it is tied."""

@@ -115,7 +115,7 @@ def cmd_show(args) -> int:
     kind, obj = _lookup_any(args.name)
     info = obj.summary()
     if args.json:
-        _print_json({"kind": kind, **info})
+        _print_json({"catalog": kind, **info})
         return 0
     sources = info.pop("sources", {})
     rows = []

@@ -1,0 +1,97 @@
+"""`mirrorstream hw ...`: JSON shapes and one-line errors with exit status 2."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hwmodels.calibration import measurements_path
+from mirrorstream.cli import main
+
+
+def run_json(capsys, *argv):
+    assert main(["hw", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_latency_json(capsys):
+    out = run_json(capsys, "latency", "--device", "h100-sxm", "--model", "qwen3-32b", "--tokens", "8",
+                   "--context", "1024", "--tp", "8", "--layers", "0:32")
+    assert set(out["breakdown"]) == {"compute", "memory", "overhead", "communication"}
+    assert out["seconds"] == pytest.approx(sum(out["breakdown"].values()))
+    assert out["bound"] in ("memory", "compute") and out["layers"] == [0, 32] and out["classifier"] is False
+
+
+def test_latency_text_and_spellings(capsys):
+    assert main(["hw", "latency", "--device", "M2-Ultra-ANE", "--model", "Qwen3-0.6B", "--tokens", "8",
+                 "--tp", "8", "--sharding", "spd"]) == 0
+    out = capsys.readouterr().out
+    assert "m2-ultra-ane" in out and "communication" in out and "-bound" in out
+
+
+def test_scale_option_is_inverse(capsys):
+    base = run_json(capsys, "latency", "--device", "a100-80gb", "--model", "vicuna-7b", "--tokens", "4")
+    fast = run_json(capsys, "latency", "--device", "a100-80gb", "--model", "vicuna-7b", "--tokens", "4", "--scale", "2")
+    assert fast["seconds"] == pytest.approx(base["seconds"] / 2)
+
+
+def test_list_and_show_json(capsys):
+    listing = run_json(capsys, "list")
+    assert {"h100-sxm", "m2-ultra-ane", "cpu"} <= {d["device"] for d in listing["devices"]}
+    assert "qwen3-32b" in {m["model"] for m in listing["models"]}
+    assert "thunderbolt-5" in {link["link"] for link in listing["links"]}
+    shown = run_json(capsys, "show", "H100")
+    assert shown["catalog"] == "device" and shown["kind"] == "gpu" and shown["peak_flops"]["fp16"] == 989.4e12
+    assert "datasheet" in shown["sources"]["memory_bandwidth"]
+    assert run_json(capsys, "show", "llama-3.1-8b")["params"] == 8_030_261_248
+
+
+def test_list_and_show_text(capsys):
+    assert main(["hw", "list"]) == 0
+    assert "h100-sxm" in capsys.readouterr().out
+    assert main(["hw", "show", "m2-ultra-gpu"]) == 0
+    assert "27.2 TFLOPS" in capsys.readouterr().out
+
+
+def test_calibrate_json(capsys, tmp_path):
+    output = tmp_path / "fit.json"
+    out = run_json(capsys, "calibrate", str(measurements_path("tgi_codellama34b")), "--free", "pass_overhead_s",
+                   "--shared", "link_alpha_s", "--output", str(output))
+    assert out["summary"]["points"] == 6 and out["summary"]["max_abs_loo_error"] < 0.14
+    assert set(out["params"]) == {"a100-80gb", "h100-sxm"}
+    assert json.loads(output.read_text())["params"] == out["params"]
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["latency", "--device", "tpu-v9", "--model", "qwen3-32b"], "unknown device 'tpu-v9' (known: a100-40gb"),
+    (["latency", "--device", "h100", "--model", "gpt-5"], "unknown model 'gpt-5' (known: codellama-34b"),
+    (["latency", "--device", "h100", "--model", "qwen3-32b", "--tokens", "0"], "tokens: must be >= 1"),
+    (["latency", "--device", "h100", "--model", "qwen3-32b", "--context", "-5"], "context: must be >= 0"),
+    (["latency", "--device", "h100", "--model", "qwen3-32b", "--scale", "-2"], "--scale: must be a positive"),
+    (["latency", "--device", "h100", "--model", "qwen3-32b", "--layers", "0:65"], "outside model qwen3-32b"),
+    (["latency", "--device", "h100", "--model", "qwen3-32b", "--layers", "3"], "--layers: expected a:b"),
+    (["latency", "--device", "m2-ultra-ane", "--model", "qwen3-0.6b", "--dtype", "fp32"], "does not support fp32"),
+    (["show", "nothing-at-all"], "unknown device"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, match):
+    assert main(["hw", *argv]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("text, match", [("device,model,n\nh100,x,1\n", "missing column"),
+                                         ("device,model,n,L,B,G,seconds\nh100-sxm,qwen3-32b,1,0,1,1,abc\n",
+                                          "not a number")])
+def test_bad_calibration_csv(capsys, tmp_path, text, match):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    assert main(["hw", "calibrate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert match in err and str(path) in err and err.count("\n") == 1
+
+
+def test_console_script_exit_status():
+    proc = subprocess.run([sys.executable, "-m", "mirrorstream.cli", "hw", "latency", "--device", "nope",
+                           "--model", "qwen3-32b"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "unknown device" in proc.stderr and not proc.stdout

@@ -50,3 +50,118 @@ def tiny_configs():
                            shared_classifier=draw(st.booleans()))
 
     return configs()
+
+
+# -- the lossless harness: helpers every speculative method's tests reuse ------------------------
+
+def decode(method, model, prompt_ids, settings, max_new_tokens: int, **params):
+    """The Generation of one method (a METHODS entry or its name)."""
+    from refimpl.decoding import METHODS, generate
+
+    method = METHODS[method] if isinstance(method, str) else method
+    return generate(method(model, prompt_ids, settings, max_new_tokens, **params), prompt_ids)
+
+
+def assert_same_as_ar(method, model, prompt_ids, settings, max_new_tokens: int, **params):
+    """Exact-match losslessness: the method's tokens and stop reason are those of `ar`.
+    Returns the method's Generation (for acceptance checks)."""
+    expected = decode("ar", model, prompt_ids, settings, max_new_tokens)
+    got = decode(method, model, prompt_ids, settings, max_new_tokens, **params)
+    assert got.tokens == expected.tokens, f"diverged from ar: {got.tokens} != {expected.tokens}"
+    assert got.stop_reason == expected.stop_reason
+    assert sum(r.emitted for r in got.records) == len(got.tokens)
+    return got
+
+
+class ScriptedRandomness:
+    """A stand-in for verify.PositionKeyed that follows a script of branch choices and
+    records the untaken branches: `enumerate_outcomes` runs a sampler once per branch."""
+
+    def __init__(self, script: tuple[int, ...]):
+        self.script, self.taken, self.probability, self.branches = script, [], 1.0, []
+
+    def _pick(self, weights: list[float]) -> int:
+        options = [i for i, w in enumerate(weights) if w > 0.0]
+        at = len(self.taken)
+        choice = self.script[at] if at < len(self.script) else options[0]
+        if at >= len(self.script):
+            self.branches += [tuple(self.taken) + (o,) for o in options[1:]]
+        self.taken.append(choice)
+        self.probability *= weights[choice]
+        return choice
+
+    def chance(self, prob: float, position: int = 0, index: int = 0) -> bool:
+        prob = min(max(prob, 0.0), 1.0)
+        return self._pick([1.0 - prob, prob]) == 1
+
+    def choose(self, probs, position: int = 0, purpose: int = 0, index: int = 0) -> int:
+        probs = np.asarray(probs, dtype=np.float64)
+        return self._pick(list(probs / probs.sum()))
+
+
+def enumerate_outcomes(sampler) -> dict:
+    """The exact distribution of `sampler(rng)` (a hashable outcome) over every branch
+    of its random choices, rng being a ScriptedRandomness."""
+    outcomes: dict = {}
+    pending = [()]
+    while pending:
+        rng = ScriptedRandomness(pending.pop())
+        outcome = sampler(rng)
+        outcomes[outcome] = outcomes.get(outcome, 0.0) + rng.probability
+        pending += rng.branches
+    return outcomes
+
+
+def total_variation(a: dict, b: dict) -> float:
+    return 0.5 * sum(abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in set(a) | set(b))
+
+
+def sequence_distribution(model, prompt_ids, settings, n_tokens: int) -> dict:
+    """Exact distribution of the first n_tokens sampled tokens of plain decoding, as
+    tuples; a tuple ends early with the stop token (BOS or EOS) that ended it."""
+    from refimpl.decoding.common import STOP_IDS
+    from refimpl.sampling import probabilities
+
+    out = {}
+    pending = [((), 1.0)]
+    while pending:
+        tokens, mass = pending.pop()
+        if len(tokens) == n_tokens or (tokens and tokens[-1] in STOP_IDS):
+            out[tokens] = out.get(tokens, 0.0) + mass
+            continue
+        ids = list(prompt_ids) + list(tokens)
+        logits = model.forward(ids, np.arange(len(ids)), model.new_cache())[-1]
+        probs = probabilities(logits, settings)
+        pending += [(tokens + (t,), mass * p) for t, p in enumerate(probs) if p > 0.0]
+    return out
+
+
+def outcome_of(generation) -> tuple:
+    """A Generation's tokens as a tuple, ended by its stop token if it stopped on one."""
+    from refimpl.tokenizer import BOS_ID, EOS_ID
+
+    stop = {"eos": (EOS_ID,), "bos": (BOS_ID,)}.get(generation.stop_reason, ())
+    return tuple(generation.tokens) + stop
+
+
+def chi_square_pvalue(counts: dict, probs: dict, min_expected: float = 5.0) -> float:
+    """Pearson chi-square goodness of fit of observed counts to exact probabilities;
+    cells expected fewer than min_expected times are pooled (one cell)."""
+    from scipy.stats import chisquare
+
+    total = sum(counts.values())
+    if set(counts) - {k for k, p in probs.items() if p > 0.0}:
+        return 0.0   # an impossible outcome was observed
+    observed, expected, pooled = [], [], [0.0, 0.0]
+    for key, p in probs.items():
+        if total * p >= min_expected:
+            observed.append(counts.get(key, 0))
+            expected.append(total * p)
+        else:
+            pooled[0] += counts.get(key, 0)
+            pooled[1] += total * p
+    if pooled[1] > 0.0:
+        observed.append(pooled[0])
+        expected.append(pooled[1])
+    expected = np.array(expected) * (total / sum(expected))
+    return float(chisquare(observed, expected).pvalue)

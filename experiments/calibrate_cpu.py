@@ -7,16 +7,37 @@
 Grid: stories15M and stories260K (../shared/checkpoints), n = 1..64 new tokens
 over a KV context of 16..256 (skipping n + L beyond the model's seq_len), batch
 1; each point is the best of a few timed passes after a warm-up (numba
-compiles on the first call). The fit uses every other point of each model
+compiles on the first call). --threads (default 1) sets the numba and BLAS
+thread counts: on this shared 2-core machine a single thread is the setting
+whose timings other people's jobs disturb least, so the shipped calibration
+is of refimpl on one thread. The fit uses every other point of each model
 (train) and predicts the rest (held out); a leave-one-out pass over all points
 is reported as well.
 """
 from __future__ import annotations
 
-import argparse
+import os
+import sys
+
+
+def _threads_from_argv(argv) -> str:
+    """--threads must take effect before numpy and numba start their thread pools."""
+    for i, arg in enumerate(argv):
+        if arg == "--threads" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--threads="):
+            return arg.split("=", 1)[1]
+    return "1"
+
+
+THREADS = _threads_from_argv(sys.argv[1:])
+for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = THREADS
+
+import argparse  # noqa: E402  (after the thread settings)
 import csv
 import json
-import sys
+import subprocess
 import time
 from pathlib import Path
 
@@ -24,7 +45,7 @@ import numpy as np
 from tabulate import tabulate
 
 from hwmodels.calibration import calibrate, measurements_path, read_measurements
-from hwmodels.cpu import measurement
+from hwmodels.cpu import cpu_device, measure_bandwidth, measure_fma_rate
 from hwmodels.paths import DATA_DIR
 
 CHECKPOINTS = Path(__file__).resolve().parents[1].parent / "shared" / "checkpoints"
@@ -50,20 +71,41 @@ def time_pass(model, cache, n: int, context: int, repeats: int) -> float:
     return best
 
 
-def measure(repeats: int, rounds: int) -> list[dict]:
-    """Best time per grid point over `rounds` sweeps of the grid.
+def measure(repeats: int, rounds: int) -> tuple[list[dict], dict]:
+    """Best time per grid point over `rounds` sweeps of the grid, and the best micro-benchmark.
 
     The machine is shared: a sweep that collides with someone else's job shows
     stalls of whole scheduler quanta (hundreds of ms on a sub-ms pass), so every
-    point keeps its best time over several sweeps spread out in time.
+    point keeps its best time over several sweeps spread out in time, and the
+    micro-benchmark (run before each sweep) keeps its best figures too.
     """
     best: dict[tuple, dict] = {}
+    rates = {"bandwidth": 0.0, "fma": 0.0}
     for _ in range(rounds):
+        rates = {"bandwidth": max(rates["bandwidth"], measure_bandwidth()), "fma": max(rates["fma"], measure_fma_rate())}
         for row in _sweep(repeats):
             key = (row["model"], row["n"], row["L"])
             if key not in best or row["seconds"] < best[key]["seconds"]:
                 best[key] = row
-    return [{**row, "seconds": f"{row['seconds']:.6g}"} for row in best.values()]
+    return [{**row, "seconds": f"{row['seconds']:.6g}"} for row in best.values()], rates
+
+
+def refimpl_version() -> str:
+    """The commit refimpl was measured at (with '+dirty' if its files were modified)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "refimpl"], cwd=root, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def pinned_cpu(rates: dict):
+    """The `cpu` device with the given micro-benchmark figures (the fit's reference rates)."""
+    return cpu_device().with_params(peak_flops={"fp32": rates["fma"]}, memory_bandwidth=rates["bandwidth"])
 
 
 def _sweep(repeats: int) -> list[dict]:
@@ -91,16 +133,24 @@ def _sweep(repeats: int) -> list[dict]:
     return rows
 
 
-def write_csv(rows: list[dict], cpu: dict) -> Path:
-    path = measurements_path(CSV_NAME)
+def write_csv(path: Path, rows: list[dict], rates: dict) -> Path:
     with open(path, "w", newline="") as f:
-        f.write(f"# refimpl forward passes (numba, fp32) measured by experiments/calibrate_cpu.py on {cpu['cpu']},\n"
-                f"# {cpu['threads']} threads; micro-benchmark at the time: {cpu['bandwidth'] / 1e9:.2f} GB/s copy,\n"
-                f"# {cpu['fma'] / 1e9:.2f} GFLOP/s fp32 matmul. Best of several passes per point.\n")
+        f.write(f"# refimpl (commit {refimpl_version()}) forward passes, numba fp32, batch 1, {THREADS} thread(s), measured by\n"
+                f"# experiments/calibrate_cpu.py on this project's 2-core machine. Best of several passes and sweeps per point.\n"
+                f"# micro-benchmark (best over the sweeps): bandwidth={rates['bandwidth']:.6g} B/s fma={rates['fma']:.6g} FLOP/s\n")
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def rates_from_csv(path: Path) -> dict:
+    """The micro-benchmark figures recorded in a measurement CSV's header."""
+    for line in Path(path).read_text().splitlines():
+        if "micro-benchmark" in line and "bandwidth=" in line:
+            fields = dict(part.split("=") for part in line.split() if "=" in part)
+            return {"bandwidth": float(fields["bandwidth"]), "fma": float(fields["fma"])}
+    return {"bandwidth": measure_bandwidth(), "fma": measure_fma_rate()}
 
 
 def held_out_split(rows):
@@ -113,16 +163,13 @@ def held_out_split(rows):
     return train, test
 
 
-def evaluate(rows) -> dict:
+def evaluate(rows, device) -> dict:
     train, test = held_out_split(rows)
-    fit = calibrate(train, free=FREE, leave_one_out=False)
-    from hwmodels.calibration import _Problem
-    from hwmodels.devices import get_device
-    problem = _Problem(test, {"cpu": get_device("cpu@datasheet")})
-    predicted = problem.predict(fit.params, range(len(test)))
-    held = predicted / np.array([r.seconds for r in test]) - 1
-    everything = calibrate(rows, free=FREE)
-    return {"train": fit, "test": test, "held_out_predicted": predicted, "held_out_errors": held,
+    fit = calibrate(train, free=FREE, leave_one_out=False, devices={"cpu": device})
+    check = calibrate(test, free=[], leave_one_out=False, devices={"cpu": device.with_params(**fit.params["cpu"])})
+    held = check.errors
+    everything = calibrate(rows, free=FREE, devices={"cpu": device})
+    return {"train": fit, "test": test, "held_out_predicted": check.predicted, "held_out_errors": held,
             "all": everything}
 
 
@@ -132,26 +179,22 @@ def main(argv=None) -> int:
     parser.add_argument("--from-csv", action="store_true", help="refit the shipped CSV, no measuring")
     parser.add_argument("--repeats", type=int, default=5, help="timed passes per point per sweep")
     parser.add_argument("--rounds", type=int, default=3, help="sweeps of the grid; each point keeps its best")
+    parser.add_argument("--threads", default="1", help="numba/BLAS threads for refimpl and the micro-benchmark")
     args = parser.parse_args(argv)
-    cpu = measurement()
-    print(f"CPU: {cpu['cpu']}, {cpu['threads']} threads; copy bandwidth {cpu['bandwidth'] / 1e9:.2f} GB/s, "
-          f"fp32 matmul {cpu['fma'] / 1e9:.2f} GFLOP/s")
     if args.from_csv:
         path = measurements_path(CSV_NAME)
     else:
-        raw = measure(args.repeats, args.rounds)
+        raw, rates = measure(args.repeats, args.rounds)
         if not raw:
             print("no checkpoints found; nothing measured", file=sys.stderr)
             return 1
-        path = write_csv(raw, cpu) if args.write else Path("/tmp/cpu_refimpl.csv")
-        if not args.write:
-            write_csv_to = path
-            with open(write_csv_to, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(raw[0]))
-                w.writeheader()
-                w.writerows(raw)
+        path = write_csv(measurements_path(CSV_NAME) if args.write else Path("/tmp/cpu_refimpl.csv"), raw, rates)
+    rates = rates_from_csv(path)
+    device = pinned_cpu(rates)
+    print(f"CPU: {device.name}; micro-benchmark: {rates['bandwidth'] / 1e9:.2f} GB/s read (matrix-vector), "
+          f"{rates['fma'] / 1e9:.2f} GFLOP/s fp32 matmul")
     rows = read_measurements(path)
-    result = evaluate(rows)
+    result = evaluate(rows, device)
     table = [{"model": r.model, "n": r.n, "L": r.L, "measured_ms": r.seconds * 1e3, "predicted_ms": p * 1e3,
               "error": e} for r, p, e in zip(result["test"], result["held_out_predicted"], result["held_out_errors"])]
     print("\nHeld-out points (fit on the other half):")
@@ -167,9 +210,9 @@ def main(argv=None) -> int:
             "device": "cpu", "measurements": f"measurements/{CSV_NAME}.csv", "free": FREE, "shared": [],
             "params": result["all"].params["cpu"],
             "source": "refimpl (numba, fp32) forward passes of stories15M and stories260K measured on this "
-                      "project's 2-core machine by experiments/calibrate_cpu.py; efficiencies are relative to "
-                      "the CPU micro-benchmark of the process that uses them",
-            "micro_benchmark_at_fit": {"bandwidth": cpu["bandwidth"], "fma": cpu["fma"], "cpu": cpu["cpu"]},
+                      f"project's 2-core machine with {THREADS} thread(s) by experiments/calibrate_cpu.py (refimpl commit in the CSV header); "
+                      "efficiencies are relative to the micro-benchmark rates pinned under 'rates'",
+            "rates": {"peak_flops": {"fp32": rates["fma"]}, "memory_bandwidth": rates["bandwidth"]},
             "fit": {"points": summary["points"], "max_abs_error": summary["max_abs_error"],
                     "max_abs_loo_error": summary["max_abs_loo_error"],
                     "mean_abs_loo_error": summary["mean_abs_loo_error"],

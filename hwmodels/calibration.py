@@ -233,7 +233,7 @@ class CalibrationResult:
 
 
 def calibrate(rows, free=("memory_efficiency", "pass_overhead_s"), shared=(), base="datasheet",
-              leave_one_out: bool = True, prior_weight: float = 0.01) -> CalibrationResult:
+              leave_one_out: bool = True, prior_weight: float = 0.01, devices=None) -> CalibrationResult:
     """Fit `free` (per device) and `shared` parameters; leave-one-out refits per point.
 
     base="datasheet" starts from the uncalibrated catalog entries (literature
@@ -243,18 +243,19 @@ def calibrate(rows, free=("memory_efficiency", "pass_overhead_s"), shared=(), ba
     link's beta when the only multi-GPU prefill is left out) stays at its
     catalog value instead of drifting to a bound. Departing by one scale
     (max(|start|, PRIOR_FLOOR)) costs as much as a relative error of
-    prior_weight at one point.
+    prior_weight at one point. `devices` ({key: Device}) gives the starting
+    device for some keys explicitly (e.g. a CPU with pinned micro-benchmark rates).
     """
     from .devices import get_device
     free, shared = _check_params(free, "free"), _check_params(shared, "shared")
     if set(free) & set(shared):
         raise InputError(f"shared: {sorted(set(free) & set(shared))} cannot be both free and shared")
     rows = list(rows)
-    devices = {}
+    devices = dict(devices or {})
     for r in rows:
         if r.device not in devices:
-            device = get_device(f"{r.device}@{base}" if base else r.device)
-            devices[r.device] = device
+            devices[r.device] = get_device(f"{r.device}@{base}" if base else r.device)
+    devices = {key: dev for key, dev in devices.items() if key in {r.device for r in rows}}
     problem = _Problem(rows, devices)
     everything = list(range(len(rows)))
     params = _fit(problem, everything, free, shared, prior_weight)

@@ -34,10 +34,13 @@ The pass overhead belongs to the range that starts at block 0, so timing blocks
 charges each component's bound term to its category ('compute' or 'memory') and
 the unhidden part of the other term to the other, so the four parts add up to
 `seconds`; `compute_time` and `memory_time` are the raw roofline terms.
+
+Scaling: every term is a rate divided into work, or a fixed time, so on
+`device.scaled(f)` (rates times f, fixed times and link α, β divided by f) the
+latency and each part of its breakdown are exactly the original divided by f.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -50,11 +53,15 @@ from .models import ModelShape, get_model
 SHARDINGS = ("megatron", "spd")
 
 
-def allreduce_time(link: Link, nbytes: float, group: int) -> float:
-    """One all-reduce over `group` devices: alpha * log2(G) + beta * nbytes (0 for G = 1)."""
-    if group <= 1:
-        return 0.0
-    return link.alpha_s * math.log2(group) + link.beta_s_per_byte * nbytes
+def allreduce_time(link: Link, nbytes, group):
+    """One all-reduce over `group` devices: alpha * log2(G) + beta * nbytes (0 for G = 1).
+
+    Works elementwise on numpy arrays (the calibration evaluates many passes at once).
+    """
+    group = np.asarray(group, dtype=float)
+    cost = link.alpha_s * np.log2(np.maximum(group, 1.0)) + link.beta_s_per_byte * np.asarray(nbytes, dtype=float)
+    cost = np.where(group > 1, cost, 0.0)
+    return float(cost) if cost.ndim == 0 else cost
 
 
 @dataclass(frozen=True)
@@ -178,11 +185,7 @@ def time_parts(work: Work, device: Device, peak, link: Link | None) -> dict:
     blocks = _roofline(work.block_flops, work.block_bytes, work.block_dots, peak, device)
     head = _roofline(work.head_flops, work.head_bytes, work.head_dots, peak, device)
     overhead = device.layer_overhead_s * work.n_blocks + device.pass_overhead_s * work.starts_pass
-    if link is None:
-        comm = 0.0 * work.collectives
-    else:
-        alpha_term = link.alpha_s * np.log2(np.maximum(work.tp, 1))
-        comm = work.collectives * (alpha_term + link.beta_s_per_byte * work.message_bytes)
+    comm = 0.0 * work.collectives if link is None else work.collectives * allreduce_time(link, work.message_bytes, work.tp)
     return {"compute": blocks[0] + head[0], "memory": blocks[1] + head[1], "overhead": overhead,
             "communication": comm, "compute_time": blocks[2] + head[2], "memory_time": blocks[3] + head[3]}
 

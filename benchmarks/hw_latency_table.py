@@ -13,8 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from tabulate import tabulate
+
+
+# Run from a checkout: import this repository's packages, not an installed copy.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hwmodels import InputError, forward_latency, get_device, get_model, known_devices
 

@@ -44,6 +44,10 @@ from pathlib import Path
 import numpy as np
 from tabulate import tabulate
 
+
+# Run from a checkout: import this repository's packages, not an installed copy.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from hwmodels.calibration import calibrate, measurements_path, read_measurements
 from hwmodels.cpu import cpu_device, measure_bandwidth, measure_fma_rate
 from hwmodels.paths import DATA_DIR
@@ -52,7 +56,8 @@ CHECKPOINTS = Path(__file__).resolve().parents[1].parent / "shared" / "checkpoin
 MODELS = {"stories15m": "stories15M/stories15M.bin", "stories260k": "stories260K/stories260K.bin"}
 TOKENS = (1, 2, 4, 8, 16, 32, 64)
 CONTEXTS = (16, 64, 128, 256)
-FREE = ["compute_efficiency", "memory_efficiency", "overlap", "dot_overhead_s", "pass_overhead_s", "layer_overhead_s"]
+FREE = ["compute_efficiency", "memory_efficiency", "overlap", "dot_overhead_s", "score_overhead_s",
+        "pass_overhead_s", "layer_overhead_s"]
 CSV_NAME = "cpu_refimpl"
 CALIBRATION = "cpu-refimpl"
 

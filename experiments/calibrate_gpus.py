@@ -13,9 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 from tabulate import tabulate
+
+
+# Run from a checkout: import this repository's packages, not an installed copy.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hwmodels.calibration import calibrate, measurements_path, read_measurements
 from hwmodels.paths import DATA_DIR

@@ -40,6 +40,7 @@ PARAM_BOUNDS = {
     "pass_overhead_s": (0.0, 10.0),
     "layer_overhead_s": (0.0, 1.0),
     "dot_overhead_s": (0.0, 1e-3),
+    "score_overhead_s": (0.0, 1e-3),
     "link_alpha_s": (0.0, 0.1),
     "link_beta_s_per_byte": (1e-14, 1e-6),
 }
@@ -48,7 +49,7 @@ PARAM_BOUNDS = {
 #: starting value is measured in units of max(|start|, this)).
 PRIOR_FLOOR = {
     "compute_efficiency": 0.1, "memory_efficiency": 0.1, "overlap": 0.1, "pass_overhead_s": 1e-4,
-    "layer_overhead_s": 1e-5, "dot_overhead_s": 1e-9, "link_alpha_s": 1e-6, "link_beta_s_per_byte": 1e-13,
+    "layer_overhead_s": 1e-5, "dot_overhead_s": 1e-9, "score_overhead_s": 1e-9, "link_alpha_s": 1e-6, "link_beta_s_per_byte": 1e-13,
 }
 
 

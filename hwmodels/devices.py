@@ -92,7 +92,8 @@ class Device:
     pass_overhead_s: float      # fixed cost of a forward pass (launches, scheduling, sampling)
     layer_overhead_s: float     # fixed cost per transformer block (kernel launches)
     memory_usable_fraction: float
-    dot_overhead_s: float = 0.0  # fixed cost per dot product (CPU loop set-up; 0 on GPUs/NPUs)
+    dot_overhead_s: float = 0.0    # fixed cost per dot product (CPU loop set-up; 0 on GPUs/NPUs)
+    score_overhead_s: float = 0.0  # fixed cost per attention score (CPU softmax; 0 on GPUs/NPUs)
     tp_link: Link | None = None
     calibration: str | None = None
     sources: dict = field(default_factory=dict, compare=False)
@@ -114,6 +115,7 @@ class Device:
         _non_negative(owner, "pass_overhead_s", self.pass_overhead_s)
         _non_negative(owner, "layer_overhead_s", self.layer_overhead_s)
         _non_negative(owner, "dot_overhead_s", self.dot_overhead_s)
+        _non_negative(owner, "score_overhead_s", self.score_overhead_s)
 
     # ----- rates ---------------------------------------------------------
     def peak(self, dtype: str) -> float:
@@ -144,6 +146,7 @@ class Device:
             pass_overhead_s=self.pass_overhead_s / f,
             layer_overhead_s=self.layer_overhead_s / f,
             dot_overhead_s=self.dot_overhead_s / f,
+            score_overhead_s=self.score_overhead_s / f,
             tp_link=self.tp_link.scaled(f) if self.tp_link else None,
         )
 
@@ -183,7 +186,7 @@ class Device:
     def summary(self) -> dict:
         fields = ("key", "name", "kind", "peak_flops", "memory_bandwidth", "memory_capacity",
                   "compute_efficiency", "memory_efficiency", "overlap", "pass_overhead_s",
-                  "layer_overhead_s", "dot_overhead_s", "memory_usable_fraction", "calibration")
+                  "layer_overhead_s", "dot_overhead_s", "score_overhead_s", "memory_usable_fraction", "calibration")
         out = {name: getattr(self, name) for name in fields}
         out["peak_flops"] = dict(self.peak_flops)
         out["tp_link"] = self.tp_link.key if self.tp_link else None
@@ -238,7 +241,7 @@ def link_latency(link_or_name, nbytes: float) -> float:
 
 
 _SCALAR_FIELDS = ("compute_efficiency", "memory_efficiency", "overlap", "pass_overhead_s",
-                  "layer_overhead_s", "dot_overhead_s", "memory_usable_fraction")
+                  "layer_overhead_s", "dot_overhead_s", "score_overhead_s", "memory_usable_fraction")
 
 
 def _datasheet_device(key: str, entry: dict, defaults: dict) -> Device:

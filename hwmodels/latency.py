@@ -4,7 +4,7 @@ For n query tokens per sequence, batch B, KV context L, tensor-parallel degree G
 and the blocks [a, b) (plus, optionally, the final norm and classifier):
 
     per component (the blocks; the classifier):
-        c = flops / (peak[dtype] * compute_efficiency) + dots * dot_overhead
+        c = flops / (peak[dtype] * compute_efficiency) + dots * dot_overhead + scores * score_overhead
         m = bytes / (bandwidth * memory_efficiency)
         t = max(c, m) + (1 - overlap) * min(c, m)
     overhead      = layer_overhead * (b - a) + pass_overhead if a == 0
@@ -17,7 +17,9 @@ two attention products over the average key count L + (n + 1) / 2. `dots`
 counts the dot products (one per matmul output element, per attention score
 and per attention output element): a fixed cost per dot product (loop set-up
 and horizontal sum) is what makes narrow models slow on the CPU reference
-kernels; it is 0 on the GPU and NPU entries.
+kernels, and `scores` (one per query, key and head) carries the per-score cost
+of the softmax (exp, max, the weighted accumulation of V); both are 0 on the
+GPU and NPU entries, where fused kernels hide them.
 
 Collectives: Megatron tensor parallelism does 2 all-reduces per block; SPD-style
 sharding (Mirror-SD's draft) splits the blocks into `spd_segments` contiguous
@@ -71,6 +73,7 @@ class Work:
     block_flops: float
     block_bytes: float
     block_dots: float
+    block_scores: float
     head_flops: float
     head_bytes: float
     head_dots: float
@@ -158,6 +161,7 @@ def pass_work(shape: ModelShape, n_tokens: int, context: int, *, batch: int = 1,
                    + B * (keys_read + n) * 2 * shape.kv_dim * ab
                    + tokens * sum(i + o for i, o in matmuls) * ab) / G
     block_dots = tokens * (sum(o for _, o in matmuls) + mean_keys * shape.n_heads + shape.q_dim) / G
+    block_scores = tokens * mean_keys * shape.n_heads / G
     head_flops = head_bytes = head_dots = 0.0
     if with_head:
         h, v = shape.hidden_size, shape.vocab_size
@@ -166,14 +170,14 @@ def pass_work(shape: ModelShape, n_tokens: int, context: int, *, batch: int = 1,
         head_dots = tokens * v / G
     collectives = _collectives(shape, a, b, sharding, segments) if G > 1 else 0
     return Work(block_flops=block_flops * (b - a), block_bytes=block_bytes * (b - a),
-                block_dots=block_dots * (b - a), head_flops=head_flops, head_bytes=head_bytes,
+                block_dots=block_dots * (b - a), block_scores=block_scores * (b - a), head_flops=head_flops, head_bytes=head_bytes,
                 head_dots=head_dots, n_blocks=b - a, starts_pass=a == 0,
                 collectives=collectives, message_bytes=2 * (G - 1) / G * tokens * shape.hidden_size * ab, tp=G)
 
 
-def _roofline(flops, nbytes, dots, peak, device: Device):
+def _roofline(flops, nbytes, dots, scores, peak, device: Device):
     """(charged to compute, charged to memory, raw compute, raw memory) of one component."""
-    c = flops / (peak * device.compute_efficiency) + dots * device.dot_overhead_s
+    c = flops / (peak * device.compute_efficiency) + dots * device.dot_overhead_s + scores * device.score_overhead_s
     m = nbytes / (device.memory_bandwidth * device.memory_efficiency)
     hidden = (1.0 - device.overlap) * np.minimum(c, m)
     compute_bound = c > m
@@ -182,8 +186,8 @@ def _roofline(flops, nbytes, dots, peak, device: Device):
 
 def time_parts(work: Work, device: Device, peak, link: Link | None) -> dict:
     """Seconds per category; works elementwise when the Work fields are numpy arrays."""
-    blocks = _roofline(work.block_flops, work.block_bytes, work.block_dots, peak, device)
-    head = _roofline(work.head_flops, work.head_bytes, work.head_dots, peak, device)
+    blocks = _roofline(work.block_flops, work.block_bytes, work.block_dots, work.block_scores, peak, device)
+    head = _roofline(work.head_flops, work.head_bytes, work.head_dots, 0.0, peak, device)
     overhead = device.layer_overhead_s * work.n_blocks + device.pass_overhead_s * work.starts_pass
     comm = 0.0 * work.collectives if link is None else work.collectives * allreduce_time(link, work.message_bytes, work.tp)
     return {"compute": blocks[0] + head[0], "memory": blocks[1] + head[1], "overhead": overhead,

@@ -8,7 +8,7 @@ from hwmodels.devices import RAW_SUFFIX
 
 CATALOG = [d for d in known_devices() if d != "cpu"]
 NUMERIC = ("memory_bandwidth", "memory_capacity", "compute_efficiency", "memory_efficiency", "overlap",
-           "pass_overhead_s", "layer_overhead_s", "dot_overhead_s", "memory_usable_fraction")
+           "pass_overhead_s", "layer_overhead_s", "dot_overhead_s", "score_overhead_s", "memory_usable_fraction")
 
 
 @pytest.mark.parametrize("name", CATALOG)
@@ -107,6 +107,8 @@ def test_dtype_support():
 
 
 def test_cpu_is_measured():
-    cpu = get_device("cpu")
+    cpu = get_device("cpu@datasheet")
     assert cpu.kind == "cpu" and cpu.memory_bandwidth > 1e8 and cpu.peak_flops["fp32"] > 1e8
     assert "measured" in cpu.sources["memory_bandwidth"]
+    calibrated = get_device("cpu")
+    assert calibrated.kind == "cpu" and calibrated.supports("fp32") and not calibrated.supports("fp16")

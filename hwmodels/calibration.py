@@ -17,6 +17,7 @@ names its default.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import json
 import math
@@ -251,12 +252,15 @@ def calibrate(rows, free=("memory_efficiency", "pass_overhead_s"), shared=(), ba
     free, shared = _check_params(free, "free"), _check_params(shared, "shared")
     if set(free) & set(shared):
         raise InputError(f"shared: {sorted(set(free) & set(shared))} cannot be both free and shared")
-    rows = list(rows)
-    devices = dict(devices or {})
+    given = dict(devices or {})
+    devices = {}
+    canonical = {}  # the spelling in the table -> catalog key
     for r in rows:
-        if r.device not in devices:
-            devices[r.device] = get_device(f"{r.device}@{base}" if base else r.device)
-    devices = {key: dev for key, dev in devices.items() if key in {r.device for r in rows}}
+        if r.device not in canonical:
+            device = given.get(r.device) or get_device(f"{r.device}@{base}" if base else r.device)
+            canonical[r.device] = device.key
+            devices.setdefault(device.key, device)
+    rows = [dataclasses.replace(r, device=canonical[r.device]) for r in rows]
     problem = _Problem(rows, devices)
     everything = list(range(len(rows)))
     params = _fit(problem, everything, free, shared, prior_weight)
@@ -293,3 +297,27 @@ def load_calibration(name: str) -> dict:
     if name not in shipped_calibrations():
         raise InputError(f"calibration: unknown {name!r} (known: {', '.join(shipped_calibrations())})")
     return json.loads(_calibration_dir().joinpath(f"{name}.json").read_text())
+
+
+def load_calibration_file(path, device_key: str) -> dict:
+    """The parameters for `device_key` from a file written by `mirrorstream hw calibrate --output`."""
+    path = Path(path)
+    try:
+        content = json.loads(path.read_text())
+        params = content["params"][device_key]
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read calibration ({exc.strerror or exc})") from None
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"{path}: not a calibration with parameters for device {device_key}") from None
+    _check_params(params, str(path))
+    return {"params": params, "source": f"fitted by mirrorstream hw calibrate ({path})"}
+
+
+def write_calibration_file(path, result: "CalibrationResult", csv_path) -> None:
+    """Save a fit so that get_device('DEVICE@PATH') can use it."""
+    content = {"params": result.params, "free": result.free, "shared": result.shared,
+               "measurements": str(csv_path), "summary": result.summary(), "points": result.table()}
+    try:
+        Path(path).write_text(json.dumps(content, indent=2) + "\n")
+    except OSError as exc:
+        raise InputError(f"--output: cannot write {path} ({exc.strerror or exc})") from None

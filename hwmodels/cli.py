@@ -6,7 +6,7 @@ import sys
 
 from tabulate import tabulate
 
-from .calibration import PARAM_BOUNDS, calibrate, read_measurements
+from .calibration import PARAM_BOUNDS, calibrate, read_measurements, write_calibration_file
 from .devices import _catalog, get_device, get_link, known_links
 from .errors import InputError
 from .latency import SHARDINGS, forward_latency
@@ -55,7 +55,7 @@ def register(subparsers) -> None:
     p.add_argument("--shared", default="", help="parameters fitted jointly for all devices of the table")
     p.add_argument("--base", default="datasheet", help="start from DEVICE@BASE (default datasheet)")
     p.add_argument("--no-loo", action="store_true", help="skip the leave-one-out refits")
-    p.add_argument("--output", help="write the fitted parameters as JSON to this file")
+    p.add_argument("--output", help="write the fit to this JSON file; use it as --device DEVICE@FILE.json")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_calibrate)
 
@@ -180,11 +180,7 @@ def cmd_calibrate(args) -> int:
                        leave_one_out=not args.no_loo)
     report = {"summary": result.summary(), "params": result.params, "points": result.table()}
     if args.output:
-        try:
-            with open(args.output, "w") as f:
-                json.dump(report, f, indent=2, default=float)
-        except OSError as exc:
-            raise InputError(f"--output: cannot write {args.output} ({exc.strerror or exc})") from None
+        write_calibration_file(args.output, result, args.csv)
     if args.json:
         _print_json(report)
         return 0

@@ -288,9 +288,12 @@ def known_calibrations() -> list[str]:
 
 
 def apply_calibration(device: Device, calibration_name: str) -> Device:
-    """The device with the fitted parameters of a shipped calibration."""
-    from .calibration import load_calibration
-    cal = load_calibration(calibration_name)
+    """The device with the fitted parameters of a shipped calibration (or of a calibration file)."""
+    from .calibration import load_calibration, load_calibration_file
+    if calibration_name.endswith(".json"):
+        cal = load_calibration_file(calibration_name, device.key)
+    else:
+        cal = load_calibration(calibration_name)
     params = dict(cal["params"])
     sources = dict(device.sources)
     for name in params:
@@ -313,7 +316,8 @@ def apply_calibration(device: Device, calibration_name: str) -> Device:
 def get_device(name_or_device) -> Device:
     """A device by name or alias (case-insensitive); a Device passes through.
 
-    'NAME@CALIBRATION' applies a shipped calibration; 'NAME@datasheet' is the
+    'NAME@CALIBRATION' applies a shipped calibration, 'NAME@FILE.json' one
+    written by `mirrorstream hw calibrate --output`; 'NAME@datasheet' is the
     entry with its literature defaults and no calibration. 'cpu' is this
     machine, measured by a short micro-benchmark on first use.
     """
@@ -329,10 +333,10 @@ def get_device(name_or_device) -> Device:
     else:
         devices, calibrations = _catalog()
         device, default_cal = devices[key], calibrations.get(key)
-    chosen = normalise(cal_name) if cal_name else default_cal
+    chosen = (cal_name if cal_name.endswith(".json") else normalise(cal_name)) if cal_name else default_cal
     if chosen in (None, RAW_SUFFIX):
         return device
-    if chosen not in known_calibrations():
+    if not chosen.endswith(".json") and chosen not in known_calibrations():
         raise InputError(f"device: unknown calibration {cal_name!r} in {text!r} "
                          f"(known: {', '.join([RAW_SUFFIX, *known_calibrations()])})")
     return apply_calibration(device, chosen)

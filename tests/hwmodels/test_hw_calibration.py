@@ -128,3 +128,15 @@ def test_cpu_calibration_predicts_held_out_refimpl_passes():
     for row in rows:
         lat = forward_latency(row.model, calibrated, row.n, row.L, dtype="fp32")
         assert lat.seconds == pytest.approx(row.seconds, rel=0.16)
+
+
+def test_table_spellings_are_canonicalised_and_bad_calibration_files_fail(tmp_path):
+    path = tmp_path / "aliases.csv"
+    path.write_text("device,model,n,L,B,G,seconds\nH100,Llama-3.1-8B,1,0,1,1,0.006\nh100-sxm5,llama-3.1-8b,1,4096,1,1,0.0062\n")
+    result = calibrate(read_measurements(path), free=["pass_overhead_s"])
+    assert set(result.params) == {"h100-sxm"}
+    with pytest.raises(InputError, match="cannot read calibration"):
+        get_device(f"h100-sxm@{tmp_path / 'absent.json'}")
+    (tmp_path / "other.json").write_text('{"params": {"a100-80gb": {"memory_efficiency": 0.5}}}')
+    with pytest.raises(InputError, match="no.*parameters for device h100-sxm|parameters for device h100-sxm"):
+        get_device(f"h100-sxm@{tmp_path / 'other.json'}")

@@ -60,6 +60,8 @@ def test_calibrate_json(capsys, tmp_path):
     assert out["summary"]["points"] == 6 and out["summary"]["max_abs_loo_error"] < 0.14
     assert set(out["params"]) == {"a100-80gb", "h100-sxm"}
     assert json.loads(output.read_text())["params"] == out["params"]
+    fitted = run_json(capsys, "latency", "--device", f"h100@{output}", "--model", "codellama-34b", "--context", "100")
+    assert fitted["seconds"] == pytest.approx(out["points"][3]["fitted_s"], rel=1e-9)
 
 
 @pytest.mark.parametrize("argv, match", [

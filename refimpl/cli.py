@@ -1,4 +1,5 @@
-"""`mirrorstream generate`: decode a prompt with a real checkpoint on the CPU."""
+"""`mirrorstream generate`: decode a prompt with a real checkpoint on the CPU;
+`mirrorstream oracle check`: compare another implementation's tokens with ours."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +12,7 @@ import numpy as np
 from refimpl.checkpoints import find_tokenizer, load_model, resolve_model
 from refimpl.decoding import METHODS, autoregressive, generate
 from refimpl.errors import InputError
+from refimpl.oracle import check, read_token_file
 from refimpl.sampling import SamplingSettings
 from refimpl.tokenizer import BOS_ID, StreamDecoder, load_tokenizer
 from refimpl.trace import TraceHeader, write_trace
@@ -23,9 +25,44 @@ def register(subparsers) -> None:
     add_model_options(p)
     p.add_argument("--max-new-tokens", type=int, default=256, help="tokens to generate at most (default 256)")
     p.add_argument("--method", choices=sorted(METHODS), default="ar", help="decoding method (default ar)")
+    add_method_options(p)
     p.add_argument("--trace", metavar="FILE", help="write one JSONL record per target forward pass")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     p.set_defaults(func=run_generate)
+    register_oracle(subparsers)
+
+
+def add_method_options(p: argparse.ArgumentParser) -> None:
+    """Options of the speculative methods (sd, lookup); ar ignores them."""
+    g = p.add_argument_group("speculative methods")
+    draft = g.add_mutually_exclusive_group()
+    draft.add_argument("--draft", metavar="PATH", help="sd: draft checkpoint with the target's vocabulary")
+    draft.add_argument("--draft-layers", type=int, metavar="K",
+                       help="sd: draft = the target's first K layers with its final norm and classifier")
+    g.add_argument("--gamma", type=int, default=4, help="sd, lookup: tokens proposed per step, tree depth (default 4)")
+    g.add_argument("--tree-k", type=int, default=1, help="sd: children per tree node (default 1: a chain)")
+    g.add_argument("--verify", choices=("match", "rejection"), default="match",
+                   help="sd: exact match (default; ar's very tokens) or rejection sampling (ar's distribution)")
+    g.add_argument("--ngram", type=int, default=2, help="lookup: longest n-gram to look up (default 2)")
+
+
+def method_params(args, model) -> tuple[dict, dict, object]:
+    """(keyword arguments of the method, its trace-header params, the draft model or None)."""
+    if args.method == "sd":
+        if args.draft:
+            draft = load_model(resolve_model(args.draft))
+            warm_up(draft)
+        elif args.draft_layers is not None:
+            draft = model.first_layers(args.draft_layers)
+        else:
+            raise InputError("--method sd needs a draft: --draft PATH or --draft-layers K")
+        params = dict(gamma=args.gamma, tree_k=args.tree_k, verify=args.verify)
+        header = dict(params, draft_layers=args.draft_layers) if args.draft_layers else dict(params)
+        return dict(params, draft=draft), header, draft
+    if args.method == "lookup":
+        params = dict(gamma=args.gamma, ngram=args.ngram)
+        return params, dict(params), None
+    return {}, {}, None
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -89,7 +126,8 @@ def warm_up(model) -> None:
 
 def run_generate(args) -> int:
     model, tokenizer, prompt_ids, settings, startup_s = load_inputs(args)
-    steps = METHODS[args.method](model, prompt_ids, settings, args.max_new_tokens)
+    params, header_params, draft = method_params(args, model)
+    steps = METHODS[args.method](model, prompt_ids, settings, args.max_new_tokens, **params)
     stream = None
     if not args.json and tokenizer is not None:
         stream = StreamDecoder(tokenizer, previous=prompt_ids[-1])
@@ -104,7 +142,8 @@ def run_generate(args) -> int:
     result = generate(steps, prompt_ids, on_tokens)
     stats = generation_stats(model, result, startup_s)
     if args.trace:
-        header = TraceHeader(method=args.method, params={}, target=model_shape(model), draft=None,
+        header = TraceHeader(method=args.method, params=header_params, target=model_shape(model),
+                             draft=model_shape(draft) if draft is not None else None,
                              seed=settings.seed, prompt_tokens=len(prompt_ids))
         write_trace(args.trace, header, result.records)
     if args.json:
@@ -116,18 +155,26 @@ def run_generate(args) -> int:
         else:
             print(",".join(map(str, result.tokens)))
         print(f"{stats['tokens_per_s']:.1f} tokens/s, {stats['weight_gb_per_s']:.2f} GB/s of weights, "
-              f"{stats['target_calls']} target passes, stop: {stats['stop_reason']}", file=sys.stderr)
+              f"{stats['target_calls']} target passes, {stats['mean_accepted']:.2f} tokens per pass, "
+              f"stop: {stats['stop_reason']}", file=sys.stderr)
     return 0
 
 
 def generation_stats(model, result, startup_s: float) -> dict:
+    """The --json stats. mean_accepted counts the tokens each target pass committed, the
+    bonus/correction token included (accepted + 1; Spec-Bench's "mean accepted tokens"; 1.0
+    for ar); acceptance_histogram maps that count to the number of passes with it."""
     seconds = max(result.seconds, 1e-9)
+    lengths = [r.accepted + 1 for r in result.records]
+    histogram = {str(n): lengths.count(n) for n in sorted(set(lengths))}
     return {
         "tokens_per_s": len(result.tokens) / seconds,
         "new_tokens": len(result.tokens),
         "seconds": result.seconds,
         "target_calls": result.target_calls,
         "draft_calls": result.draft_calls,
+        "mean_accepted": sum(lengths) / len(lengths) if lengths else 0.0,
+        "acceptance_histogram": histogram,
         "weight_gb_per_s": model.weight_bytes() * result.target_calls / seconds / 1e9,
         "stop_reason": result.stop_reason,
         "startup_s": startup_s,
@@ -141,3 +188,25 @@ def model_shape(model) -> dict:
             "num_hidden_layers": c.n_layers, "num_attention_heads": c.n_heads,
             "num_key_value_heads": c.n_kv_heads, "vocab_size": c.vocab_size,
             "max_position_embeddings": c.seq_len, "tie_word_embeddings": c.shared_classifier}
+
+
+def register_oracle(subparsers) -> None:
+    p = subparsers.add_parser("oracle", help="check another implementation's output against the reference")
+    sub = p.add_subparsers(dest="oracle_command", metavar="ACTION", required=True)
+    c = sub.add_parser("check", help="compare generated token ids with the reference",
+                       description="Exit 0 when the ids equal the reference's (plain decoding with the same "
+                                   "model, prompt and sampling options); 1 otherwise, with the first divergence, "
+                                   "the top-5 logits there and the margin between the top two.")
+    add_model_options(c)
+    c.add_argument("--tokens", required=True, metavar="FILE",
+                   help="their generated ids: a JSON list (or generate --json output) or one id per line")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.set_defaults(func=run_oracle_check)
+
+
+def run_oracle_check(args) -> int:
+    tokens = read_token_file(args.tokens)
+    model, _, prompt_ids, settings, _ = load_inputs(args)
+    report = check(model, prompt_ids, tokens, settings)
+    print(json.dumps(report.to_dict()) if args.json else report.describe())
+    return 0 if report.equal else 1

@@ -6,7 +6,8 @@ import sys
 
 from tabulate import tabulate
 
-from .calibration import PARAM_BOUNDS, calibrate, read_measurements, write_calibration_file
+from .calibration import (PARAM_BOUNDS, calibrate, load_calibration, read_measurements, shipped_calibrations,
+                          write_calibration_file)
 from .devices import _catalog, get_device, get_link, known_links
 from .errors import InputError
 from .latency import SHARDINGS, forward_latency
@@ -89,10 +90,16 @@ def cmd_list(args) -> int:
                   for k in known_models() for m in [get_model(k)]]
     link_rows = [{"link": k, "name": link.name, "alpha_us": _fmt(link.alpha_s, 1e-6),
                   "bandwidth_gb_s": _fmt(link.bandwidth, 1e9)} for k in known_links() for link in [get_link(k)]]
+    calibration_rows = [{"calibration": name, "device": cal["device"], "points": cal["fit"]["points"],
+                         "max_fit_error": _fmt(cal["fit"]["max_abs_error"], 1, 3),
+                         "max_loo_error": _fmt(cal["fit"]["max_abs_loo_error"], 1, 3), "data": cal["measurements"]}
+                        for name in shipped_calibrations() for cal in [load_calibration(name)]]
     if args.json:
-        _print_json({"devices": device_rows, "models": model_rows, "links": link_rows})
+        _print_json({"devices": device_rows, "models": model_rows, "links": link_rows,
+                     "calibrations": calibration_rows})
         return 0
-    for title, rows in (("Devices", device_rows), ("Models", model_rows), ("Links", link_rows)):
+    for title, rows in (("Devices", device_rows), ("Models", model_rows), ("Links", link_rows),
+                        ("Calibrations (use as DEVICE@NAME)", calibration_rows)):
         print(f"{title}\n{tabulate(rows, headers='keys')}\n")
     return 0
 

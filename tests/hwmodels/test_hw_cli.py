@@ -40,6 +40,7 @@ def test_list_and_show_json(capsys):
     assert {"h100-sxm", "m2-ultra-ane", "cpu"} <= {d["device"] for d in listing["devices"]}
     assert "qwen3-32b" in {m["model"] for m in listing["models"]}
     assert "thunderbolt-5" in {link["link"] for link in listing["links"]}
+    assert {"cpu-refimpl", "tgi-codellama34b-a100"} <= {c["calibration"] for c in listing["calibrations"]}
     shown = run_json(capsys, "show", "H100")
     assert shown["catalog"] == "device" and shown["kind"] == "gpu" and shown["peak_flops"]["fp16"] == 989.4e12
     assert "datasheet" in shown["sources"]["memory_bandwidth"]

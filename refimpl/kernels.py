@@ -171,15 +171,15 @@ def apply_rope(x, n_heads, head_dim, positions, cos, sin):
 
 
 KEY_BLOCK = 8        # keys scored together (independent sums, interleaved)
-MAX_HEAD_DIM = 256   # size of the stack accumulator of one head's output
 
 
 @njit(cache=True)
-def _key_scores(q, r, qo, k_cache, ko, head_dim, n_slots, s):
+def _key_scores(q, r, qo, k_t, ko, head_dim, n_slots, s):
     """s[slot] = q[r, head] . k[slot, head] for slots 0..n_slots-1, each summed over d in order.
 
-    Eight keys at a time keep eight independent sums in flight; every slot is
-    scored (masked ones too, then ignored), so a score never depends on the mask.
+    Keys are transposed (k_t[feature, slot]), so eight consecutive keys are
+    scored with vector loads, eight independent sums in flight. Every slot is
+    scored (masked ones too, then ignored): a score never depends on the mask.
     """
     slot = 0
     while slot + KEY_BLOCK <= n_slots:
@@ -189,26 +189,51 @@ def _key_scores(q, r, qo, k_cache, ko, head_dim, n_slots, s):
         for d in range(head_dim):
             qd = q[r, qo + d]
             for j in range(KEY_BLOCK):
-                acc[j] += qd * k_cache[slot + j, ko + d]
+                acc[j] += qd * k_t[ko + d, slot + j]
         for j in range(KEY_BLOCK):
             s[slot + j] = acc[j]
         slot += KEY_BLOCK
     while slot < n_slots:
         dot = np.float32(0.0)
         for d in range(head_dim):
-            dot += q[r, qo + d] * k_cache[slot, ko + d]
+            dot += q[r, qo + d] * k_t[ko + d, slot]
         s[slot] = dot
         slot += 1
 
 
+@njit(cache=True)
+def _weighted_values(s, base, mask, r, v_cache, ko, head_dim, total, out, qo):
+    """out[r, head] = sum over visible slots, in slot order, of (s[slot]/total) * v[slot, head],
+    sixteen output features at a time in registers."""
+    n_slots = s.shape[0]
+    d0 = 0
+    while d0 < head_dim:
+        width = min(STRIP, head_dim - d0)
+        acc = stack_f32(STRIP)
+        for j in range(STRIP):
+            acc[j] = 0.0
+        for slot in range(n_slots):
+            if slot < base or mask[r, slot - base]:
+                p = s[slot] / total
+                if width == STRIP:
+                    for j in range(STRIP):
+                        acc[j] += p * v_cache[slot, ko + d0 + j]
+                else:
+                    for j in range(width):
+                        acc[j] += p * v_cache[slot, ko + d0 + j]
+        for j in range(width):
+            out[r, qo + d0 + j] = acc[j]
+        d0 += STRIP
+
+
 @njit(parallel=True, cache=True)
-def attention(q, k_cache, v_cache, base, mask, n_heads, n_kv_heads, head_dim, scores, out):
+def attention(q, k_t, v_cache, base, mask, n_heads, n_kv_heads, head_dim, scores, out):
     """Multi-head (grouped-query) attention of n new rows over the cache.
 
     Row r sees every committed slot 0..base-1 and the new slots base+j with
     mask[r, j] true, visited in increasing slot order; masked slots are skipped.
-    k_cache/v_cache: (slots, n_kv_heads*head_dim) of one layer, new rows already
-    written. scores: scratch (n*n_heads, slots). out: (n, n_heads*head_dim).
+    k_t: (kv_dim, slots) and v_cache: (slots, kv_dim) of one layer, new rows
+    already written. scores: scratch (n*n_heads, base+n). out: (n, n_heads*head_dim).
     """
     n_rows = q.shape[0]
     n_slots = base + n_rows
@@ -220,7 +245,7 @@ def attention(q, k_cache, v_cache, base, mask, n_heads, n_kv_heads, head_dim, sc
         qo = h * head_dim
         ko = (h // group) * head_dim
         s = scores[task]
-        _key_scores(q, r, qo, k_cache, ko, head_dim, n_slots, s)
+        _key_scores(q, r, qo, k_t, ko, head_dim, n_slots, s)
         m = np.float32(-np.inf)
         for slot in range(n_slots):
             if slot < base or mask[r, slot - base]:
@@ -231,16 +256,7 @@ def attention(q, k_cache, v_cache, base, mask, n_heads, n_kv_heads, head_dim, sc
             if slot < base or mask[r, slot - base]:
                 s[slot] = np.exp(s[slot] - m)
                 total += s[slot]
-        acc = stack_f32(MAX_HEAD_DIM)
-        for d in range(head_dim):
-            acc[d] = 0.0
-        for slot in range(n_slots):
-            if slot < base or mask[r, slot - base]:
-                p = s[slot] / total
-                for d in range(head_dim):
-                    acc[d] += p * v_cache[slot, ko + d]
-        for d in range(head_dim):
-            out[r, qo + d] = acc[d]
+        _weighted_values(s, base, mask, r, v_cache, ko, head_dim, total, out, qo)
 
 
 @njit(cache=True)
@@ -262,11 +278,11 @@ def add_into(x, y):
 
 @njit(cache=True)
 def transformer_layer(h, positions, base, mask, cos, sin, eps, n_heads, n_kv_heads,
-                      attn_norm, wq, wk, wv, wo, ffn_norm, w1, w2, w3, k_cache, v_cache):
+                      attn_norm, wqkv, wo, ffn_norm, w13, w2, k_t, v_cache):
     """One pre-norm Llama block on the residual stream h (n, dim), in place.
 
-    Writes the new rows' keys and values into k_cache/v_cache (this layer's
-    (slots, kv_dim) arrays) at slots base..base+n-1 before attending.
+    Writes the new rows' keys and values into this layer's cache (k_t is
+    (kv_dim, slots), v_cache (slots, kv_dim)) at slots base..base+n-1, then attends.
     """
     n, dim = h.shape
     head_dim = dim // n_heads
@@ -274,30 +290,26 @@ def transformer_layer(h, positions, base, mask, cos, sin, eps, n_heads, n_kv_hea
     hidden = w2.shape[2]  # packed (groups, strips, in, STRIP)
     x = np.empty((n, dim), np.float32)
     rmsnorm(h, attn_norm, eps, x)
-    q = np.empty((n, wq.shape[0] * TILE), np.float32)
-    k = np.empty((n, wk.shape[0] * TILE), np.float32)
-    v = np.empty((n, wv.shape[0] * TILE), np.float32)
-    matmul(x, wq, q)
-    matmul(x, wk, k)
-    matmul(x, wv, v)
+    qkv = np.empty((n, wqkv.shape[0] * TILE), np.float32)
+    matmul(x, wqkv, qkv)
+    q = qkv[:, :dim]
+    k = qkv[:, dim:dim + kv_dim]
     apply_rope(q, n_heads, head_dim, positions, cos, sin)
     apply_rope(k, n_kv_heads, head_dim, positions, cos, sin)
     for r in range(n):
         for i in range(kv_dim):
-            k_cache[base + r, i] = k[r, i]
-            v_cache[base + r, i] = v[r, i]
+            k_t[i, base + r] = k[r, i]
+            v_cache[base + r, i] = qkv[r, dim + kv_dim + i]
     att = np.empty((n, dim), np.float32)
     scores = np.empty((n * n_heads, base + n), np.float32)
-    attention(q, k_cache, v_cache, base, mask, n_heads, n_kv_heads, head_dim, scores, att)
+    attention(q, k_t, v_cache, base, mask, n_heads, n_kv_heads, head_dim, scores, att)
     o = np.empty((n, wo.shape[0] * TILE), np.float32)
     matmul(att, wo, o)
     add_into(h, o[:, :dim])
     rmsnorm(h, ffn_norm, eps, x)
-    gate = np.empty((n, w1.shape[0] * TILE), np.float32)
-    up = np.empty((n, w3.shape[0] * TILE), np.float32)
-    matmul(x, w1, gate)
-    matmul(x, w3, up)
+    gate_up = np.empty((n, w13.shape[0] * TILE), np.float32)
+    matmul(x, w13, gate_up)
     act = np.empty((n, hidden), np.float32)
-    swiglu(gate[:, :hidden], up[:, :hidden], act)
+    swiglu(gate_up[:, :hidden], gate_up[:, hidden:2 * hidden], act)
     matmul(act, w2, o)
     add_into(h, o[:, :dim])

@@ -67,34 +67,36 @@ class ModelConfig:
 
 @dataclass
 class LayerWeights:
-    """One block's weights; the linear ones packed by kernels.pack_linear."""
+    """One block's weights; the linear ones packed by kernels.pack_linear, with
+    wq/wk/wv stacked into one matrix (wqkv) and w1/w3 into another (w13), so
+    each takes one pass over its rows."""
     attn_norm: np.ndarray
-    wq: np.ndarray
-    wk: np.ndarray
-    wv: np.ndarray
+    wqkv: np.ndarray
     wo: np.ndarray
     ffn_norm: np.ndarray
-    w1: np.ndarray
+    w13: np.ndarray
     w2: np.ndarray
-    w3: np.ndarray
 
 
 class KVCache:
-    """Preallocated keys and values, (n_layers, slots, kv_dim) each.
+    """Preallocated keys and values.
 
-    `length` is the number of committed slots; slot i holds the token at
-    absolute position i. A pass writes its rows after `length`; `commit`,
-    `keep` and `truncate` decide what stays.
+    `k` and `v` read as (n_layers, slots, kv_dim). Keys are stored transposed,
+    `k_t` (n_layers, kv_dim, slots), so attention scores consecutive keys with
+    vector loads; `k` is a view of it. `length` is the number of committed
+    slots; slot i holds the token at absolute position i. A pass writes its rows
+    after `length`; `commit`, `keep` and `truncate` decide what stays.
     """
 
     def __init__(self, config: ModelConfig, slots: int):
-        self.k = np.zeros((config.n_layers, slots, config.kv_dim), dtype=np.float32)
-        self.v = np.zeros_like(self.k)
+        self.k_t = np.zeros((config.n_layers, config.kv_dim, slots), dtype=np.float32)
+        self.k = self.k_t.transpose(0, 2, 1)
+        self.v = np.zeros((config.n_layers, slots, config.kv_dim), dtype=np.float32)
         self.length = 0
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[1]
+        return self.v.shape[1]
 
     def commit(self, n: int) -> None:
         """Keep all n rows written by the last pass."""
@@ -134,17 +136,17 @@ class Model:
         """Build from unpacked arrays: token_embedding (V, D); per-layer stacks attn_norm (L, D),
         wq (L, D, D), wk/wv (L, kv_dim, D), wo (L, D, D), ffn_norm (L, D), w1/w3 (L, H, D),
         w2 (L, D, H); final_norm (D,); classifier (V, D) or absent when tied."""
+        def stacked(l, *names):
+            return kernels.pack_linear(np.concatenate([weights[name][l] for name in names]))
+
         layers = [
             LayerWeights(
                 attn_norm=np.ascontiguousarray(weights["attn_norm"][l], dtype=np.float32),
-                wq=kernels.pack_linear(weights["wq"][l]),
-                wk=kernels.pack_linear(weights["wk"][l]),
-                wv=kernels.pack_linear(weights["wv"][l]),
+                wqkv=stacked(l, "wq", "wk", "wv"),
                 wo=kernels.pack_linear(weights["wo"][l]),
                 ffn_norm=np.ascontiguousarray(weights["ffn_norm"][l], dtype=np.float32),
-                w1=kernels.pack_linear(weights["w1"][l]),
+                w13=stacked(l, "w1", "w3"),
                 w2=kernels.pack_linear(weights["w2"][l]),
-                w3=kernels.pack_linear(weights["w3"][l]),
             )
             for l in range(config.n_layers)
         ]
@@ -199,8 +201,7 @@ class Model:
             kernels.transformer_layer(
                 hidden, positions, base, mask, self.rope_cos, self.rope_sin, self.eps,
                 self.config.n_heads, self.config.n_kv_heads,
-                w.attn_norm, w.wq, w.wk, w.wv, w.wo, w.ffn_norm, w.w1, w.w2, w.w3,
-                cache.k[l], cache.v[l])
+                w.attn_norm, w.wqkv, w.wo, w.ffn_norm, w.w13, w.w2, cache.k_t[l], cache.v[l])
             if l + 1 in taps:
                 tapped[l + 1] = hidden.copy()
         return tapped

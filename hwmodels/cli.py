@@ -8,7 +8,7 @@ from tabulate import tabulate
 
 from .calibration import (PARAM_BOUNDS, calibrate, load_calibration, read_measurements, shipped_calibrations,
                           write_calibration_file)
-from .devices import _catalog, get_device, get_link, known_links
+from .devices import get_device, get_link, known_devices, known_links
 from .errors import InputError
 from .latency import SHARDINGS, forward_latency
 from .models import get_model, known_models
@@ -29,7 +29,8 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("latency", help="time of one forward pass and its breakdown")
-    p.add_argument("--device", required=True, help="device name, optionally DEVICE@CALIBRATION or DEVICE@datasheet")
+    p.add_argument("--device", required=True,
+                   help="device name (DEVICE@CALIBRATION, DEVICE@datasheet, DEVICE@FIT.json) or a device JSON file")
     p.add_argument("--model", required=True, help="model name (e.g. qwen3-32b, llama-3.1-8b)")
     p.add_argument("--tokens", type=int, default=1, help="query tokens per sequence (default 1)")
     p.add_argument("--context", type=int, default=0, help="KV context length before these tokens (default 0)")
@@ -72,11 +73,12 @@ def _fmt(x, scale=1.0, digits=4):
 
 # ----- list -------------------------------------------------------------------
 def cmd_list(args) -> int:
-    devices, calibrations = _catalog()
     device_rows = []
-    for key, dev in sorted(devices.items()):
-        cal = calibrations.get(key)
+    for key in known_devices():
+        if key == "cpu":
+            continue  # measured on first use: listing should not run the micro-benchmark
         dev = get_device(key)
+        cal = dev.calibration
         device_rows.append({"device": key, "name": dev.name, "kind": dev.kind, "dtypes": ",".join(sorted(dev.peak_flops)),
                             "fp16_tflops": _fmt(dev.peak_flops.get("fp16"), 1e12),
                             "bandwidth_gb_s": _fmt(dev.memory_bandwidth, 1e9),

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import json
 import math
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from .dtypes import check_dtype
@@ -199,10 +200,12 @@ def _data(name: str) -> dict:
     return json.loads((DATA_DIR / name).read_text())
 
 
-def _value(entry) -> tuple[float, str]:
-    """A catalog number: [value, source] or {"value": v, "source": s}."""
+def _value(entry, default_source: str = "") -> tuple[float, str]:
+    """A catalog number: [value, source], {"value": v, "source": s}, or a bare number."""
     if isinstance(entry, dict):
         return float(entry["value"]), str(entry["source"])
+    if isinstance(entry, (int, float)) and not isinstance(entry, bool):
+        return float(entry), default_source
     value, source = entry
     return float(value), str(source)
 
@@ -244,17 +247,43 @@ _SCALAR_FIELDS = ("compute_efficiency", "memory_efficiency", "overlap", "pass_ov
                   "layer_overhead_s", "dot_overhead_s", "score_overhead_s", "memory_usable_fraction")
 
 
-def _datasheet_device(key: str, entry: dict, defaults: dict) -> Device:
+def _datasheet_device(key: str, entry: dict, defaults: dict, default_source: str = "") -> Device:
     sources = {}
     peak = {}
     for dtype, item in entry["peak_flops"].items():
-        peak[check_dtype(dtype)], sources[f"peak_flops.{dtype}"] = _value(item)
+        peak[check_dtype(dtype, f"device {key}: peak_flops")], sources[f"peak_flops.{dtype}"] = \
+            _value(item, default_source)
     scalars = {}
     for name in ("memory_bandwidth", "memory_capacity", *_SCALAR_FIELDS):
-        scalars[name], sources[name] = _value(entry.get(name, defaults.get(name)))
+        scalars[name], sources[name] = _value(entry.get(name, defaults.get(name)), default_source)
     link = get_link(entry["tp_link"]) if entry.get("tp_link") else None
-    return Device(key=key, name=entry["name"], kind=entry["kind"], peak_flops=peak, tp_link=link,
-                  sources=sources, aliases=tuple(entry.get("aliases", ())), **scalars)
+    return Device(key=key, name=entry.get("name", key), kind=entry.get("kind", "gpu"), peak_flops=peak,
+                  tp_link=link, sources=sources, aliases=tuple(entry.get("aliases", ())), **scalars)
+
+
+def load_device_file(path) -> Device:
+    """A device described in a JSON file, in the catalog's format (bare numbers allowed).
+
+    Needs peak_flops ({dtype: FLOP/s}), memory_bandwidth and memory_capacity;
+    every other field falls back to the catalog defaults. The key is the file
+    name without '.json'.
+    """
+    path = Path(path)
+    try:
+        entry = json.loads(path.read_text())
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read device file ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    missing = [f for f in ("peak_flops", "memory_bandwidth", "memory_capacity") if f not in entry]
+    if not isinstance(entry, dict) or missing:
+        raise InputError(f"{path}: device file lacks {', '.join(missing) or 'an object'}")
+    try:
+        return _datasheet_device(path.stem, entry, _data("devices.json")["defaults"], f"device file {path}")
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        if isinstance(exc, InputError):
+            raise InputError(f"{path}: {exc}") from None
+        raise InputError(f"{path}: malformed device entry ({exc})") from None
 
 
 @functools.cache
@@ -318,13 +347,17 @@ def get_device(name_or_device) -> Device:
 
     'NAME@CALIBRATION' applies a shipped calibration, 'NAME@FILE.json' one
     written by `mirrorstream hw calibrate --output`; 'NAME@datasheet' is the
-    entry with its literature defaults and no calibration. 'cpu' is this
+    entry with its literature defaults and no calibration. A NAME ending in
+    '.json' is a device file (see `load_device_file`). 'cpu' is this
     machine, measured by a short micro-benchmark on first use.
     """
     if isinstance(name_or_device, Device):
         return name_or_device
     text = str(name_or_device)
     base_name, _, cal_name = text.partition("@")
+    if base_name.endswith(".json"):
+        device = load_device_file(base_name)
+        return apply_calibration(device, cal_name) if cal_name and cal_name != RAW_SUFFIX else device
     key = resolve(base_name, _device_index(), "device", "device")
     if key == "cpu":
         from .cpu import CPU_CALIBRATION, cpu_device

@@ -1,4 +1,5 @@
 """Device and link catalogs: provenance, lookup, scaling, memory fit."""
+import json
 import math
 
 import pytest
@@ -112,3 +113,28 @@ def test_cpu_is_measured():
     assert "measured" in cpu.sources["memory_bandwidth"]
     calibrated = get_device("cpu")
     assert calibrated.kind == "cpu" and calibrated.supports("fp32") and not calibrated.supports("fp16")
+
+
+def test_device_files(tmp_path):
+    path = tmp_path / "future-npu.json"
+    path.write_text(json.dumps({"name": "hypothetical NPU", "kind": "npu", "tp_link": "pcie-5",
+                                "peak_flops": {"fp16": 100e12, "int8": [200e12, "vendor slide"]},
+                                "memory_bandwidth": 400e9, "memory_capacity": 64e9}))
+    dev = get_device(str(path))
+    assert dev.key == "future-npu" and dev.peak("int8") == 200e12 and dev.tp_link.key == "pcie-5"
+    assert dev.sources["peak_flops.int8"] == "vendor slide" and str(path) in dev.sources["memory_bandwidth"]
+    assert dev.compute_efficiency == get_device("rtx-4090@datasheet").compute_efficiency  # catalog default
+
+
+@pytest.mark.parametrize("content, match", [
+    ({"peak_flops": {"fp16": -5}, "memory_bandwidth": 1e9, "memory_capacity": 1e9}, "peak_flops\\[fp16\\] must be a positive"),
+    ({"peak_flops": {"fp16": 5e12}, "memory_bandwidth": 0, "memory_capacity": 1e9}, "memory_bandwidth must be a positive"),
+    ({"peak_flops": {"fp16": 5e12}, "memory_capacity": 1e9}, "lacks memory_bandwidth"),
+    ({"peak_flops": {"fp99": 5e12}, "memory_bandwidth": 1e9, "memory_capacity": 1e9}, "unknown dtype"),
+    ("{not json", "not valid JSON"),
+])
+def test_bad_device_files(tmp_path, content, match):
+    path = tmp_path / "bad.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(InputError, match=match):
+        get_device(str(path))

@@ -275,9 +275,11 @@ def load_device_file(path) -> Device:
         raise InputError(f"{path}: cannot read device file ({exc.strerror or exc})") from None
     except ValueError as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(entry, dict):
+        raise InputError(f"{path}: a device file holds one JSON object")
     missing = [f for f in ("peak_flops", "memory_bandwidth", "memory_capacity") if f not in entry]
-    if not isinstance(entry, dict) or missing:
-        raise InputError(f"{path}: device file lacks {', '.join(missing) or 'an object'}")
+    if missing:
+        raise InputError(f"{path}: device file lacks {', '.join(missing)}")
     try:
         return _datasheet_device(path.stem, entry, _data("devices.json")["defaults"], f"device file {path}")
     except (TypeError, ValueError, KeyError, AttributeError) as exc:

@@ -132,6 +132,8 @@ def test_device_files(tmp_path):
     ({"peak_flops": {"fp16": 5e12}, "memory_capacity": 1e9}, "lacks memory_bandwidth"),
     ({"peak_flops": {"fp99": 5e12}, "memory_bandwidth": 1e9, "memory_capacity": 1e9}, "unknown dtype"),
     ("{not json", "not valid JSON"),
+    ("[1, 2]", "one JSON object"),
+    ({"peak_flops": {"fp16": 5e12}, "memory_bandwidth": 1e9, "memory_capacity": 1e9, "tp_link": "smoke"}, "unknown link"),
 ])
 def test_bad_device_files(tmp_path, content, match):
     path = tmp_path / "bad.json"

@@ -228,10 +228,13 @@ class CalibrationResult:
                                           self.loo_predicted, self.loo_errors)]
 
     def summary(self) -> dict:
+        """Max and mean |relative error| of the fit and of leave-one-out (None where not computed)."""
         err, loo = np.abs(self.errors), np.abs(self.loo_errors)
+        loo = loo[~np.isnan(loo)]
         return {"points": len(self.rows), "free": self.free, "shared": self.shared,
                 "max_abs_error": float(err.max()), "mean_abs_error": float(err.mean()),
-                "max_abs_loo_error": float(loo.max()), "mean_abs_loo_error": float(loo.mean())}
+                "max_abs_loo_error": float(loo.max()) if loo.size else None,
+                "mean_abs_loo_error": float(loo.mean()) if loo.size else None}
 
 
 def calibrate(rows, free=("memory_efficiency", "pass_overhead_s"), shared=(), base="datasheet",

@@ -196,8 +196,9 @@ def cmd_calibrate(args) -> int:
     table = [{k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()} for row in result.table()]
     print(tabulate(table, headers="keys"))
     s = result.summary()
-    print(f"\nfit: max |error| {s['max_abs_error']:.1%}, mean {s['mean_abs_error']:.1%}; "
-          f"leave-one-out: max {s['max_abs_loo_error']:.1%}, mean {s['mean_abs_loo_error']:.1%}")
+    loo = (f"leave-one-out: max {s['max_abs_loo_error']:.1%}, mean {s['mean_abs_loo_error']:.1%}"
+           if s["max_abs_loo_error"] is not None else "no leave-one-out")
+    print(f"\nfit: max |error| {s['max_abs_error']:.1%}, mean {s['mean_abs_error']:.1%}; {loo}")
     for device, params in result.params.items():
         print(f"{device}: " + ", ".join(f"{k}={v:.4g}" for k, v in params.items()))
     return 0

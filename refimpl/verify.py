@@ -69,8 +69,15 @@ class PositionKeyed:
 
 def top_children(logits: np.ndarray, k: int) -> list[int]:
     """The k most likely tokens under the draft, most likely first (ties: lower id);
-    the proposals for exact-match verification."""
-    return [int(t) for t in np.argsort(-np.asarray(logits), kind="stable")[:k]]
+    the proposals for exact-match verification. (No full sort: the vocabulary is large.)"""
+    logits = np.asarray(logits)
+    if k == 1:
+        return [int(np.argmax(logits))]
+    k = min(k, len(logits))
+    threshold = logits[np.argpartition(-logits, k - 1)[:k]].min()
+    candidates = np.flatnonzero(logits >= threshold)
+    order = np.lexsort((candidates, -logits[candidates]))
+    return [int(t) for t in candidates[order[:k]]]
 
 
 def sampled_children(q: np.ndarray, k: int, rng, position: int) -> list[int]:

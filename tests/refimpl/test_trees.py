@@ -120,3 +120,11 @@ def test_rolling_back_matters():
         else:
             cache.commit(len(tree))
         assert np.array_equal(cache.k[:, :4], plain.k[:, :4]) == compact
+
+
+@given(logits=st.lists(st.sampled_from([-1.0, 0.0, 0.5, 2.0]), min_size=1, max_size=12), k=st.integers(1, 5))
+def test_top_children_are_the_k_best_ties_to_the_lower_id(logits, k):
+    from refimpl.verify import top_children
+
+    expected = [int(t) for t in np.argsort(-np.array(logits), kind="stable")[:k]]
+    assert top_children(np.array(logits, dtype=np.float32), k) == expected

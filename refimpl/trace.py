@@ -31,6 +31,14 @@ Record fields (all counts are per sequence):
 - ``prefill`` (optional, default false): the record is the prompt's prefill
   pass (``context`` 0, ``target_tokens`` = prompt length, ``emitted`` 1).
 
+``params`` by method (written by ``mirrorstream generate --trace``): ``ar`` {};
+``sd`` {"gamma", "tree_k" (1: a chain), "verify" ("match" or "rejection"), and
+"draft_layers" when the draft is the target's first layers}; ``lookup``
+{"gamma", "ngram"}. For ``sd`` and ``lookup``, ``target_tokens`` counts the
+pending token plus every proposed node (``proposed`` = ``target_tokens`` - 1),
+and the first draft pass of a step also runs the tokens committed since the
+draft's previous pass, so ``draft_tokens_per_pass`` is a list when passes differ.
+
 This module uses only the standard library, numpy and ``refimpl.errors``, so
 that the simulator can read traces without importing the reference model.
 """

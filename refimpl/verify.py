@@ -89,9 +89,14 @@ def sampled_children(q: np.ndarray, k: int, rng, position: int) -> list[int]:
 # -- the two rules ---------------------------------------------------------------------------
 
 def verify_match(tree: TokenTree, logits: np.ndarray, settings: SamplingSettings, base: int) -> Verdict:
-    """Exact match: logits[i] is the target's row for node i."""
+    """Exact match: logits[i] is the target's row for node i (an array, or any indexable
+    that computes rows on demand)."""
+    decided: dict[int, int] = {}
+
     def target_next(node: int) -> int:
-        return sample(logits[node], settings, base + tree.depths[node] + 1)
+        if node not in decided:
+            decided[node] = sample(logits[node], settings, base + tree.depths[node] + 1)
+        return decided[node]
 
     path = tree.longest_match(target_next)
     return Verdict(path, target_next(path[-1]))

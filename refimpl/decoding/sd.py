@@ -8,6 +8,8 @@ Proposals, `gamma` deep:
 - a chain (`tree_k=1`): one draft pass per token;
 - a tree (`tree_k=k > 1`): every node gets k children, the full k-ary tree, one
   draft pass per depth over the whole tree so far (ancestor mask, uncommitted).
+Every draft pass computes logits (final norm, classifier) only for the rows
+whose children it proposes.
 
 With exact-match verification the children are the draft's k most likely
 tokens; with rejection sampling they are k independent draws from the draft's
@@ -23,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from refimpl.decoding.common import token_budget
-from refimpl.decoding.speculative import Proposal, speculative_decode
+from refimpl.decoding.speculative import Proposal, run_rows, speculative_decode
 from refimpl.errors import InputError
 from refimpl.sampling import SamplingSettings, probabilities
 from refimpl.trees import TokenTree, full_tree_size
@@ -65,7 +67,8 @@ class Drafter:
             keep += 1
         self.cache.truncate(keep)
         fresh = context[keep:]
-        logits = self.model.forward(fresh, np.arange(keep, len(context)), self.cache)[-1]
+        hidden = run_rows(self.model, fresh, np.arange(keep, len(context)), self.cache)
+        logits = self.model.head(hidden[-1:])[0]
         self.cached = list(context)
         return logits, len(fresh)
 
@@ -99,9 +102,9 @@ class Drafter:
                     q.append(None)
             frontier = grown
             if d < depth:     # the draft's logits at the new level: rerun every node below the root
-                out = self.model.forward(tree.token_array()[1:], tree.positions(base)[1:], self.cache,
-                                         mask=tree.ancestor_mask()[1:, 1:], commit=False)
-                frontier_logits = [out[node - 1] for node in frontier]
+                hidden = run_rows(self.model, tree.token_array()[1:], tree.positions(base)[1:], self.cache,
+                                  tree.ancestor_mask()[1:, 1:], commit=False)
+                frontier_logits = self.model.head(hidden[[node - 1 for node in frontier]])
                 rows.append(len(tree) - 1)
         return Proposal(tree, q, rows)
 

@@ -128,3 +128,22 @@ def test_top_children_are_the_k_best_ties_to_the_lower_id(logits, k):
 
     expected = [int(t) for t in np.argsort(-np.array(logits), kind="stable")[:k]]
     assert top_children(np.array(logits, dtype=np.float32), k) == expected
+
+
+@given(config=tiny_configs(), seed=st.integers(0, 2**16), paths=paths_strategy(vocab=5, max_paths=5, max_len=4),
+       data=st.data())
+def test_logits_on_demand_equal_the_full_pass(config, seed, paths, data):
+    """The speculative loop runs the head only on visited rows: same bits as model.forward."""
+    from refimpl.decoding.speculative import NodeLogits, run_rows
+
+    model = random_model(config, seed)
+    tree = TokenTree.from_paths(1 % config.vocab_size, [[t % config.vocab_size for t in p] for p in paths])
+    prefix = [0, 2 % config.vocab_size]
+    full_cache, lazy_cache = model.new_cache(), model.new_cache()
+    model.forward(prefix, [0, 1], full_cache)
+    model.forward(prefix, [0, 1], lazy_cache)
+    full = model.forward(tree.token_array(), tree.positions(2), full_cache, tree.ancestor_mask(), commit=False)
+    lazy = NodeLogits(model, run_rows(model, tree.token_array(), tree.positions(2), lazy_cache,
+                                      tree.ancestor_mask(), commit=False), tree)
+    for node in data.draw(st.permutations(range(len(tree)))):
+        assert np.array_equal(lazy[node], full[node])

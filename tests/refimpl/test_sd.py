@@ -169,3 +169,43 @@ def test_bad_input_is_one_clear_error():
             speculative(target, [1, 2, 3], s, 10, **params)
     with pytest.raises(InputError, match="--draft-layers 4"):
         target.first_layers(4)
+
+
+@given(config=tiny_configs(), seed=st.integers(0, 2**16), settings=settings_strategy,
+       max_new=st.integers(0, 30))
+def test_any_proposed_tree_shape_gives_the_tokens_of_ar(config, seed, settings, max_new):
+    """The shared loop with a proposer of random trees (arbitrary shapes, random tokens,
+    sometimes the right ones): exact match still commits ar's tokens."""
+    from refimpl.decoding.speculative import Proposal, speculative_decode
+    from refimpl.trees import TokenTree
+
+    model = random_model(config, seed)
+    rng = np.random.default_rng(seed)
+    truth = decode("ar", model, [1], settings, max_new).tokens
+
+    def propose(context, max_depth, max_nodes):
+        done = len(context) - 2              # tokens generated before the pending one
+        paths = []
+        for _ in range(rng.integers(0, 4)):
+            depth = int(rng.integers(1, max_depth + 1)) if max_depth else 0
+            right = truth[done + 1:done + 1 + depth]
+            noise = list(rng.integers(0, config.vocab_size, depth))
+            paths.append(right if rng.random() < 0.5 else noise)
+        tree = TokenTree.from_paths(context[-1], [p for p in paths if p])
+        return Proposal(tree if len(tree) <= max_nodes else TokenTree.root(context[-1]))
+
+    got = decode(lambda m, p, s, n: speculative_decode(m, p, s, n, propose), model, [1], settings, max_new)
+    assert got.tokens == truth
+
+
+def test_rejection_drafts_from_the_same_filtered_distribution_as_the_target():
+    """q is the draft's distribution under the very temperature/top-k/top-p of the target."""
+    from refimpl.decoding.sd import Drafter
+
+    target, draft = untied(8), untied(4)
+    settings = SamplingSettings(temperature=0.7, top_k=5, top_p=0.9, seed=1)
+    proposal = Drafter(draft, settings, gamma=2, tree_k=2, verify="rejection")([1, 9, 14], 2, 50)
+    expected = probabilities(draft.forward([1, 9, 14], [0, 1, 2], draft.new_cache())[-1], settings)
+    assert np.array_equal(proposal.q[0], expected)
+    assert all(expected[proposal.tree.tokens[c]] > 0 for c in proposal.tree.children(0))
+    assert len(proposal.tree) == 7 and proposal.draft_rows == [3, 2]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
-from numba import njit
+from numba import njit, prange
 from tabulate import tabulate
 
 from refimpl import kernels
@@ -36,11 +36,20 @@ DEFAULT_MODEL = os.environ.get("MIRRORSTREAM_MODELS", str(ROOT.parent / "shared"
 
 
 @njit(fastmath=True, cache=True)
-def _read_all(a):
+def _sum(row):
     total = np.float32(0.0)
-    for i in range(a.shape[0]):
-        total += a[i]
+    for i in range(row.shape[0]):
+        total += row[i]
     return total
+
+
+@njit(parallel=True, cache=True)
+def _read_all(chunks):
+    """Sum every element of a (chunks, n) array; threads split the chunks."""
+    sums = np.zeros(chunks.shape[0], dtype=np.float32)
+    for c in prange(chunks.shape[0]):
+        sums[c] = _sum(chunks[c])
+    return sums.sum()
 
 
 def best_of(fn, reps: int) -> float:
@@ -64,16 +73,16 @@ def compile_times(model_path: str) -> dict:
     return {"first_process_s": runs[0], "second_process_s": runs[1]}
 
 
-def machine_rates() -> dict:
-    """Single-thread read bandwidth (256 MiB array) and the kernel's multiply-add rate (cache-resident)."""
-    numba.set_num_threads(1)
-    big = np.ones(64 * 2**20, dtype=np.float32)
+def machine_rates(threads: int) -> dict:
+    """Read bandwidth (256 MiB array) and the kernel's multiply-add rate (cache-resident), per thread count."""
+    numba.set_num_threads(threads)
+    big = np.ones((64, 2**20), dtype=np.float32)
     bandwidth = big.nbytes / best_of(lambda: _read_all(big), 5)
     weight = kernels.pack_linear(np.random.default_rng(0).standard_normal((768, 288), dtype=np.float32))
     x = np.ones((64, 288), dtype=np.float32)
     out = np.empty((64, kernels.padded_width(768)), dtype=np.float32)
     mac_rate = 64 * 768 * 288 / best_of(lambda: kernels.matmul(x, weight, out), 20)
-    return {"read_gb_per_s": bandwidth / 1e9, "kernel_gmac_per_s": mac_rate / 1e9}
+    return {"threads": threads, "read_gb_per_s": bandwidth / 1e9, "kernel_gmac_per_s": mac_rate / 1e9}
 
 
 def decode_speed(model, threads: int, n_tokens: int) -> dict:
@@ -104,7 +113,7 @@ def verification_curve(model, threads: int, rates: dict, context: int = 128) -> 
         tokens, positions = np.ones(n, dtype=np.int64), np.arange(context, context + n)
         seconds = best_of(lambda: model.forward(tokens, positions, cache, commit=False), 10)
         floor = max(model.weight_bytes() / (rates["read_gb_per_s"] * 1e9),
-                    multiply_adds(model, n, context) / (rates["kernel_gmac_per_s"] * 1e9 * threads))
+                    multiply_adds(model, n, context) / (rates["kernel_gmac_per_s"] * 1e9))
         rows.append({"threads": threads, "n": n, "ms": seconds * 1e3, "floor_ms": floor * 1e3})
     for row in rows:
         row["ratio_to_n1"] = row["ms"] / rows[0]["ms"]
@@ -123,15 +132,16 @@ def main() -> int:
     compiled = compile_times(args.model)
     model = load_model(args.model)
     model.forward([1], [0], model.new_cache(2))
-    rates = machine_rates()
-    speeds = [decode_speed(model, t, args.tokens) for t in (1, 2) if t <= numba.config.NUMBA_NUM_THREADS]
-    curves = [row for t in (1, 2) if t <= numba.config.NUMBA_NUM_THREADS
-              for row in verification_curve(model, t, rates)]
+    thread_counts = [t for t in (1, 2) if t <= numba.config.NUMBA_NUM_THREADS]
+    rates = {t: machine_rates(t) for t in thread_counts}
+    speeds = [decode_speed(model, t, args.tokens) for t in thread_counts]
+    curves = [row for t in thread_counts for row in verification_curve(model, t, rates[t])]
     if args.json:
-        print(json.dumps({"compile": compiled, "machine": rates, "decode": speeds, "verification": curves}))
+        print(json.dumps({"compile": compiled, "machine": list(rates.values()), "decode": speeds,
+                          "verification": curves}))
         return 0
     print(tabulate([compiled], headers="keys", floatfmt=".2f"), end="\n\n")
-    print(tabulate([rates], headers="keys", floatfmt=".1f"), end="\n\n")
+    print(tabulate(list(rates.values()), headers="keys", floatfmt=".1f"), end="\n\n")
     print(tabulate(speeds, headers="keys", floatfmt=".1f"), end="\n\n")
     print(tabulate(curves, headers="keys", floatfmt=".2f"))
     return 0

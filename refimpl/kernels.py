@@ -16,8 +16,10 @@ columns, each stored as 4 strips of STRIP = 16 columns:
 per pass; the accumulators live in registers (a small stack array, see
 `stack_f32`), and each input value updates 16 or 64 independent accumulators,
 so the compiler vectorises across outputs without touching any sum's order.
-Rows are processed four at a time (each loaded weight vector used four times),
-the remaining rows one at a time over the whole group. Threads split the
+The first row streams the group from memory through the one-row path (four
+strips read at once); the other rows then reuse it from cache four at a time
+(each loaded weight vector feeding four rows), with at most two rows left to
+the one-row path. Threads split the
 groups; a reduction is never split across threads.
 """
 from __future__ import annotations
@@ -124,12 +126,15 @@ def matmul(x, packed, out):
     """out (n, padded_width) = x (n, in) @ W.T for a weight packed by pack_linear."""
     n_rows = x.shape[0]
     for g in prange(packed.shape[0]):
-        r = 0
-        while r + 4 <= n_rows:
-            _four_rows(x, r, packed[g], out, g * TILE)
-            r += 4
+        group, col0 = packed[g], g * TILE
+        _one_row(x, 0, group, out, col0)  # streams the group from memory, four strips at once
+        r = 1
+        while n_rows - r >= 3:  # then four rows at a time from cache
+            start = min(r, n_rows - 4)  # a last group of three reaches back a row: recomputed, same bits
+            _four_rows(x, start, group, out, col0)
+            r = start + 4
         while r < n_rows:
-            _one_row(x, r, packed[g], out, g * TILE)
+            _one_row(x, r, group, out, col0)
             r += 1
 
 

@@ -175,29 +175,54 @@ def apply_rope(x, n_heads, head_dim, positions, cos, sin):
                 x[r, base + 2 * k + 1] = v0 * s + v1 * c
 
 
-KEY_BLOCK = 8        # keys scored together (independent sums, interleaved)
+LANES = 16  # keys scored together: 16 floats (two AVX registers), four such groups when it can
 
 
 @njit(cache=True)
 def _key_scores(q, r, qo, k_t, ko, head_dim, n_slots, s):
     """s[slot] = q[r, head] . k[slot, head] for slots 0..n_slots-1, each summed over d in order.
 
-    Keys are transposed (k_t[feature, slot]), so eight consecutive keys are
-    scored with vector loads, eight independent sums in flight. Every slot is
-    scored (masked ones too, then ignored): a score never depends on the mask.
+    Keys are stored transposed (k_t[feature, slot]), so consecutive keys are
+    scored with vector loads: 64 independent sums in flight, then 16, then one.
+    Every slot is scored, masked ones too: a score never depends on the mask.
     """
     slot = 0
-    while slot + KEY_BLOCK <= n_slots:
-        acc = stack_f32(KEY_BLOCK)
-        for j in range(KEY_BLOCK):
-            acc[j] = 0.0
+    while slot + 4 * LANES <= n_slots:
+        a0 = stack_f32(LANES)
+        a1 = stack_f32(LANES)
+        a2 = stack_f32(LANES)
+        a3 = stack_f32(LANES)
+        for j in range(LANES):
+            a0[j] = 0.0
+            a1[j] = 0.0
+            a2[j] = 0.0
+            a3[j] = 0.0
         for d in range(head_dim):
             qd = q[r, qo + d]
-            for j in range(KEY_BLOCK):
-                acc[j] += qd * k_t[ko + d, slot + j]
-        for j in range(KEY_BLOCK):
-            s[slot + j] = acc[j]
-        slot += KEY_BLOCK
+            keys = k_t[ko + d, slot:slot + 4 * LANES]
+            for j in range(LANES):
+                a0[j] += qd * keys[j]
+                a1[j] += qd * keys[LANES + j]
+                a2[j] += qd * keys[2 * LANES + j]
+                a3[j] += qd * keys[3 * LANES + j]
+        for j in range(LANES):
+            s[slot + j] = a0[j]
+            s[slot + LANES + j] = a1[j]
+            s[slot + 2 * LANES + j] = a2[j]
+            s[slot + 3 * LANES + j] = a3[j]
+        slot += 4 * LANES
+    while slot + LANES <= n_slots:
+        a = stack_f32(LANES)
+        for j in range(LANES):
+            a[j] = 0.0
+        for d in range(head_dim):
+            qd = q[r, qo + d]
+            keys = k_t[ko + d, slot:slot + LANES]
+            for j in range(LANES):
+                a[j] += qd * keys[j]
+        for j in range(LANES):
+            s[slot + j] = a[j]
+        slot += LANES
     while slot < n_slots:
         dot = np.float32(0.0)
         for d in range(head_dim):
@@ -206,29 +231,45 @@ def _key_scores(q, r, qo, k_t, ko, head_dim, n_slots, s):
         slot += 1
 
 
+MAX_HEAD_DIM = 256  # the stack accumulator of one head's output (ModelConfig.validate enforces it)
+
+
 @njit(cache=True)
-def _weighted_values(s, base, mask, r, v_cache, ko, head_dim, total, out, qo):
-    """out[r, head] = sum over visible slots, in slot order, of (s[slot]/total) * v[slot, head],
-    sixteen output features at a time in registers."""
-    n_slots = s.shape[0]
-    d0 = 0
-    while d0 < head_dim:
-        width = min(STRIP, head_dim - d0)
-        acc = stack_f32(STRIP)
-        for j in range(STRIP):
-            acc[j] = 0.0
-        for slot in range(n_slots):
-            if slot < base or mask[r, slot - base]:
-                p = s[slot] / total
-                if width == STRIP:
-                    for j in range(STRIP):
-                        acc[j] += p * v_cache[slot, ko + d0 + j]
-                else:
-                    for j in range(width):
-                        acc[j] += p * v_cache[slot, ko + d0 + j]
-        for j in range(width):
-            out[r, qo + d0 + j] = acc[j]
-        d0 += STRIP
+def _weighted_values(p, base, mask, r, v_cache, ko, head_dim, out_row, qo):
+    """out_row[qo + d] = sum over the visible slots, in slot order, of p[slot] * v[slot, ko + d]."""
+    acc = stack_f32(MAX_HEAD_DIM)
+    for d in range(head_dim):
+        acc[d] = 0.0
+    for slot in range(base + mask.shape[1]):
+        if slot < base or mask[r, slot - base]:
+            ps = p[slot]
+            values = v_cache[slot, ko:ko + head_dim]
+            for d in range(head_dim):
+                acc[d] += ps * values[d]
+    for d in range(head_dim):
+        out_row[qo + d] = acc[d]
+
+
+@njit(cache=True, inline="always")
+def exp_nonpositive(x):
+    """e^x for x <= 0 in float32 with our own fixed arithmetic (range reduction by ln 2,
+    a degree-6 polynomial, a power-of-two table), so softmax weights do not depend on
+    the platform's libm and the loop vectorises. Relative error under 1e-7; arguments
+    below -87 count as -87 (e^-87 is 1.6e-38, negligible beside the maximum's 1)."""
+    x = min(max(x, np.float32(-87.0)), np.float32(0.0))
+    n = np.floor(x * np.float32(1.44269504) + np.float32(0.5))
+    r = x - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * (r * r) + r + np.float32(1.0)
+    return p * POW2_NEGATIVE[-int(n)]
+
+
+POW2_NEGATIVE = np.array([2.0 ** -k for k in range(127)], dtype=np.float32)
 
 
 @njit(parallel=True, cache=True)
@@ -236,7 +277,9 @@ def attention(q, k_t, v_cache, base, mask, n_heads, n_kv_heads, head_dim, scores
     """Multi-head (grouped-query) attention of n new rows over the cache.
 
     Row r sees every committed slot 0..base-1 and the new slots base+j with
-    mask[r, j] true, visited in increasing slot order; masked slots are skipped.
+    mask[r, j] true, visited in increasing slot order; masked slots are skipped
+    (their scores and exponentials are computed, so the loops vectorise, but
+    never enter the max, the sum or the output).
     k_t: (kv_dim, slots) and v_cache: (slots, kv_dim) of one layer, new rows
     already written. scores: scratch (n*n_heads, base+n). out: (n, n_heads*head_dim).
     """
@@ -253,15 +296,23 @@ def attention(q, k_t, v_cache, base, mask, n_heads, n_kv_heads, head_dim, scores
         _key_scores(q, r, qo, k_t, ko, head_dim, n_slots, s)
         m = np.float32(-np.inf)
         for slot in range(n_slots):
-            if slot < base or mask[r, slot - base]:
-                s[slot] = s[slot] * scale
-                m = max(m, s[slot])
-        total = np.float32(0.0)
+            s[slot] = s[slot] * scale
+        for slot in range(base):
+            m = max(m, s[slot])
+        for i in range(n_rows):
+            if mask[r, i]:
+                m = max(m, s[base + i])
         for slot in range(n_slots):
-            if slot < base or mask[r, slot - base]:
-                s[slot] = np.exp(s[slot] - m)
-                total += s[slot]
-        _weighted_values(s, base, mask, r, v_cache, ko, head_dim, total, out, qo)
+            s[slot] = exp_nonpositive(s[slot] - m)
+        total = np.float32(0.0)
+        for slot in range(base):
+            total += s[slot]
+        for i in range(n_rows):
+            if mask[r, i]:
+                total += s[base + i]
+        for slot in range(n_slots):
+            s[slot] = s[slot] / total
+        _weighted_values(s, base, mask, r, v_cache, ko, head_dim, out[r], qo)
 
 
 @njit(cache=True)

@@ -10,7 +10,8 @@ sampled outputs exactly.
 
 The distribution: logits / temperature -> softmax (float64) -> keep the top-k
 (ties broken by lower id) -> keep the smallest set of most likely tokens whose
-mass reaches top-p -> renormalise. Temperature 0 is greedy: the lowest id among
+mass reaches top-p -> renormalise. (Without top-k, the nucleus's mass is
+measured against the whole vocabulary's softmax weight summed in id order.) Temperature 0 is greedy: the lowest id among
 the maximal logits.
 """
 from __future__ import annotations
@@ -75,9 +76,14 @@ def probabilities(logits: np.ndarray, settings: SamplingSettings) -> np.ndarray:
         probs[int(np.argmax(logits))] = 1.0
         return probs
     scaled = logits.astype(np.float64) / settings.temperature
-    order = np.argsort(-scaled, kind="stable")
-    if settings.top_k:
-        order = order[:settings.top_k]
+    if not settings.top_k:
+        weights = np.exp(scaled - scaled.max())
+        if settings.top_p == 1.0:  # no filter: no ordering needed
+            return weights / weights.sum()
+        order = _nucleus(scaled, weights, settings.top_p)
+        probs[order] = weights[order] / weights[order].sum()
+        return probs
+    order = _descending(scaled, settings.top_k)
     kept = np.exp(scaled[order] - scaled[order[0]])
     kept /= kept.sum()
     if settings.top_p < 1.0:
@@ -86,6 +92,28 @@ def probabilities(logits: np.ndarray, settings: SamplingSettings) -> np.ndarray:
         order = order[:reach]
     probs[order] = kept
     return probs
+
+
+def _nucleus(scaled: np.ndarray, weights: np.ndarray, top_p: float) -> np.ndarray:
+    """The most likely ids, in decreasing order, until their share of the total weight
+    reaches top_p; found among the top 64, 256, ... so the vocabulary is rarely sorted whole."""
+    total, k = weights.sum(), 64
+    while True:
+        order = _descending(scaled, min(k, len(scaled)))
+        mass = np.cumsum(weights[order]) / total
+        if mass[-1] >= top_p or k >= len(scaled):
+            return order[:int(np.searchsorted(mass, top_p)) + 1]
+        k *= 4
+
+
+def _descending(scaled: np.ndarray, top_k: int) -> np.ndarray:
+    """Token ids by decreasing value, ties by increasing id; only the first top_k when set
+    (found by partition, so a small k does not sort the whole vocabulary)."""
+    if top_k and top_k < len(scaled):
+        kth = np.partition(scaled, len(scaled) - top_k)[len(scaled) - top_k]
+        candidates = np.flatnonzero(scaled >= kth)  # increasing id; ties at kth may exceed k
+        return candidates[np.argsort(-scaled[candidates], kind="stable")][:top_k]
+    return np.argsort(-scaled, kind="stable")
 
 
 def draw(probs: np.ndarray, u: float) -> int:

@@ -154,6 +154,7 @@ def run_generate(args) -> int:
             sys.stdout.write(stream.flush() + "\n")
         else:
             print(",".join(map(str, result.tokens)))
+        sys.stdout.flush()  # the text ends before the stats line on a shared terminal
         print(f"{stats['tokens_per_s']:.1f} tokens/s, {stats['weight_gb_per_s']:.2f} GB/s of weights, "
               f"{stats['target_calls']} target passes, {stats['mean_accepted']:.2f} tokens per pass, "
               f"stop: {stats['stop_reason']}", file=sys.stderr)

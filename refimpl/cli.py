@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from refimpl.checkpoints import find_tokenizer, load_model, resolve_model
-from refimpl.decoding import METHODS, autoregressive, generate
+from refimpl.decoding import METHODS, generate
 from refimpl.errors import InputError
 from refimpl.oracle import check, read_token_file
 from refimpl.sampling import SamplingSettings

@@ -32,3 +32,15 @@ def checkpoint_file(relative: str) -> Path:
     if not path.is_file():
         pytest.skip(f"real checkpoint {path} is absent (set MIRRORSTREAM_MODELS)")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one numba thread (tiny models run fastest so; the bits do not depend
+    on it), restoring the count after. Use: pytestmark = pytest.mark.usefixtures("one_thread")."""
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    yield
+    numba.set_num_threads(before)

@@ -1,5 +1,4 @@
 """Prompt lookup decoding: the n-gram search, and exactly the tokens of `ar`."""
-import numba
 import pytest
 from hypothesis import given, strategies as st
 
@@ -9,13 +8,7 @@ from refimpl.model import Model, ModelConfig
 from refimpl.sampling import SamplingSettings
 from refimpl.testing import assert_same_as_ar, random_model, random_weights, tiny_configs
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_the_latest_earlier_occurrence_wins():

@@ -1,7 +1,6 @@
 """The model: correct numerics, and bitwise batch invariance across every way of computing a position."""
 import numba
 import numpy as np
-import pytest
 from hypothesis import given, strategies as st
 
 from refimpl.model import Model

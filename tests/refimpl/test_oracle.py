@@ -2,7 +2,6 @@
 `mirrorstream generate`: same tokens as ar, stats, traces, one-line errors with exit 2."""
 import json
 
-import numba
 import numpy as np
 import pytest
 
@@ -15,17 +14,11 @@ from refimpl.sampling import SamplingSettings
 from refimpl.testing import decode, random_weights
 from refimpl.trace import read_trace
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CONFIG = ModelConfig(dim=24, hidden_dim=40, n_layers=3, n_heads=4, n_kv_heads=2, vocab_size=64, seq_len=96,
                      shared_classifier=False)
 PROMPT = [1, 9, 14]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

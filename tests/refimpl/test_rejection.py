@@ -8,7 +8,6 @@
    chi-square test against the exactly computed distribution of plain sampling; a sampler
    that accepts every draft token (the negative control) fails the same test.
 """
-import numba
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -21,13 +20,7 @@ from refimpl.testing import (ScriptedRandomness, chi_square_pvalue, decode, enum
 from refimpl.trees import TokenTree
 from refimpl.verify import PositionKeyed, sampled_children, verify_rejection
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Conditionals:

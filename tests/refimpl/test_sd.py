@@ -1,7 +1,6 @@
 """Draft-target speculative decoding is lossless: exact match gives `ar`'s very tokens (greedy
 and sampled) for random tiny models, drafts, prompts, gamma and tree shapes; the target's cache
 ends bit-identical to plain decoding's; top-k/top-p are never escaped; bad input is one line."""
-import numba
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -14,13 +13,7 @@ from refimpl.testing import assert_same_as_ar, decode, random_model, random_weig
 from refimpl.trace import validate_record
 from refimpl.trees import full_tree_size
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fitting(target, prompt, gamma, tree_k):
@@ -202,7 +195,7 @@ def test_rejection_drafts_from_the_same_filtered_distribution_as_the_target():
     """q is the draft's distribution under the very temperature/top-k/top-p of the target."""
     from refimpl.decoding.sd import Drafter
 
-    target, draft = untied(8), untied(4)
+    draft = untied(4)
     settings = SamplingSettings(temperature=0.7, top_k=5, top_p=0.9, seed=1)
     proposal = Drafter(draft, settings, gamma=2, tree_k=2, verify="rejection")([1, 9, 14], 2, 50)
     expected = probabilities(draft.forward([1, 9, 14], [0, 1, 2], draft.new_cache())[-1], settings)

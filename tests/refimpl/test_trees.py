@@ -1,6 +1,5 @@
 """Token trees: building, flattening (positions, ancestor mask), exact-match walks, and the KV
 cache after a tree pass (keep the accepted path) equal, bit for bit, to plain decoding's."""
-import numba
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -9,14 +8,7 @@ from refimpl.model import ModelConfig
 from refimpl.testing import random_model, tiny_configs
 from refimpl.trees import TokenTree, full_tree_size
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and the bits do not depend on it)."""
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def paths_strategy(vocab=6, max_paths=6, max_len=4):

@@ -221,15 +221,21 @@ class Model:
         Their keys and values are written after the committed slots and, with
         commit=True, committed; with commit=False the caller decides (cache.keep).
         """
+        return self.head(self.hidden_states(tokens, positions, cache, mask, commit))
+
+    def hidden_states(self, tokens, positions, cache: KVCache, mask: np.ndarray | None = None,
+                      commit: bool = True) -> np.ndarray:
+        """`forward` up to the final norm: the residual stream (n, dim) after the last layer.
+        `head(hidden[rows])` then gives the logits of just the rows a caller needs, bit for
+        bit those of `forward`."""
         tokens = np.asarray(tokens, dtype=np.int64)
         positions = np.asarray(positions, dtype=np.int64)
         self.check_tokens(tokens, positions)
         hidden = self.embed(tokens)
         self.run_layers(hidden, positions, cache, mask)
-        logits = self.head(hidden)
         if commit:
             cache.commit(len(tokens))
-        return logits
+        return hidden
 
     def check_tokens(self, tokens: np.ndarray, positions: np.ndarray) -> None:
         """Raise InputError for ids outside the vocabulary or positions past seq_len."""

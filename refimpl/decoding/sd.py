@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from refimpl.decoding.common import token_budget
-from refimpl.decoding.speculative import Proposal, run_rows, speculative_decode
+from refimpl.decoding.speculative import Proposal, speculative_decode
 from refimpl.errors import InputError
 from refimpl.sampling import SamplingSettings, probabilities
 from refimpl.trees import TokenTree, full_tree_size
@@ -67,7 +67,7 @@ class Drafter:
             keep += 1
         self.cache.truncate(keep)
         fresh = context[keep:]
-        hidden = run_rows(self.model, fresh, np.arange(keep, len(context)), self.cache)
+        hidden = self.model.hidden_states(fresh, np.arange(keep, len(context)), self.cache)
         logits = self.model.head(hidden[-1:])[0]
         self.cached = list(context)
         return logits, len(fresh)
@@ -102,8 +102,8 @@ class Drafter:
                     q.append(None)
             frontier = grown
             if d < depth:     # the draft's logits at the new level: rerun every node below the root
-                hidden = run_rows(self.model, tree.token_array()[1:], tree.positions(base)[1:], self.cache,
-                                  tree.ancestor_mask()[1:, 1:], commit=False)
+                hidden = self.model.hidden_states(tree.token_array()[1:], tree.positions(base)[1:],
+                                                  self.cache, tree.ancestor_mask()[1:, 1:], commit=False)
                 frontier_logits = self.model.head(hidden[[node - 1 for node in frontier]])
                 rows.append(len(tree) - 1)
         return Proposal(tree, q, rows)

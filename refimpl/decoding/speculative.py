@@ -70,20 +70,6 @@ class TargetRows:
         return self.rows[node]
 
 
-def run_rows(model, tokens, positions, cache, mask=None, commit: bool = True) -> np.ndarray:
-    """A forward pass up to the final norm: the residual stream (n, dim) of the new rows;
-    `model.head(hidden[rows])` then gives the logits of the rows needed, bit for bit those
-    of `model.forward`."""
-    tokens = np.asarray(tokens, dtype=np.int64)
-    positions = np.asarray(positions, dtype=np.int64)
-    model.check_tokens(tokens, positions)
-    hidden = model.embed(tokens)
-    model.run_layers(hidden, positions, cache, mask)
-    if commit:
-        cache.commit(len(tokens))
-    return hidden
-
-
 def per_pass(rows: list[int]) -> int | list[int]:
     """A record's draft_tokens_per_pass: one int when every pass had as many rows."""
     if len(set(rows)) > 1:
@@ -113,8 +99,8 @@ def speculative_decode(target, prompt_ids, settings: SamplingSettings, max_new_t
         base = cache.length
         proposal = propose(context, budget - produced - 1, cache.capacity - base)
         tree = proposal.tree
-        hidden = run_rows(target, tree.token_array(), tree.positions(base), cache, tree.ancestor_mask(),
-                          commit=False)
+        hidden = target.hidden_states(tree.token_array(), tree.positions(base), cache, tree.ancestor_mask(),
+                                      commit=False)
         logits = NodeLogits(target, hidden, tree)
         if verify == MATCH:
             verdict = verify_match(tree, logits, settings, base)

@@ -126,7 +126,7 @@ def test_top_children_are_the_k_best_ties_to_the_lower_id(logits, k):
        data=st.data())
 def test_logits_on_demand_equal_the_full_pass(config, seed, paths, data):
     """The speculative loop runs the head only on visited rows: same bits as model.forward."""
-    from refimpl.decoding.speculative import NodeLogits, run_rows
+    from refimpl.decoding.speculative import NodeLogits
 
     model = random_model(config, seed)
     tree = TokenTree.from_paths(1 % config.vocab_size, [[t % config.vocab_size for t in p] for p in paths])
@@ -135,7 +135,8 @@ def test_logits_on_demand_equal_the_full_pass(config, seed, paths, data):
     model.forward(prefix, [0, 1], full_cache)
     model.forward(prefix, [0, 1], lazy_cache)
     full = model.forward(tree.token_array(), tree.positions(2), full_cache, tree.ancestor_mask(), commit=False)
-    lazy = NodeLogits(model, run_rows(model, tree.token_array(), tree.positions(2), lazy_cache,
-                                      tree.ancestor_mask(), commit=False), tree)
+    hidden = model.hidden_states(tree.token_array(), tree.positions(2), lazy_cache, tree.ancestor_mask(),
+                                 commit=False)
+    lazy = NodeLogits(model, hidden, tree)
     for node in data.draw(st.permutations(range(len(tree)))):
         assert np.array_equal(lazy[node], full[node])

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from refimpl.decoding import autoregressive, generate
-from refimpl.errors import InputError
+from refimpl.errors import InputError, read_text
 from refimpl.sampling import SamplingSettings
 from refimpl.tokenizer import BOS_ID, EOS_ID
 
@@ -80,12 +80,7 @@ def read_token_file(path: str | Path) -> list[int]:
     """Token ids from a file: a JSON list, a JSON object with "tokens" (`generate --json`
     output), or one id per line."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"--tokens {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"--tokens {path}: cannot read ({exc.__class__.__name__})") from None
+    text = read_text(path, "--tokens")
     try:
         value = json.loads(text)
     except json.JSONDecodeError:

@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any, Iterable
 
-from refimpl.errors import InputError
+from refimpl.errors import InputError, read_text
 
 SCHEMA = "mirrorstream.trace"
 VERSION = 1
@@ -257,12 +257,7 @@ def _record_from(path: Path, lineno: int, obj: dict) -> StepRecord:
 def read_trace(path: str | Path) -> tuple[TraceHeader, list[StepRecord]]:
     """Read and validate a trace file; raise InputError naming the file and line on any fault."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such trace file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read trace ({exc.__class__.__name__}: {exc})") from None
+    text = read_text(path, "trace")
     lines = text.splitlines()
     if not lines or not lines[0].strip():
         raise InputError(f"{path}:1: empty trace (expected a header line)")

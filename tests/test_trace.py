@@ -102,7 +102,7 @@ def test_bad_traces_raise_one_line(tmp_path, header, records, message):
 
 
 def test_bad_files(tmp_path):
-    with pytest.raises(InputError, match="no such trace file"):
+    with pytest.raises(InputError, match="trace .*: no such file"):
         read_trace(tmp_path / "missing.jsonl")
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

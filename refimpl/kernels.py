@@ -19,8 +19,13 @@ so the compiler vectorises across outputs without touching any sum's order.
 The first row streams the group from memory through the one-row path (four
 strips read at once); the other rows then reuse it from cache four at a time
 (each loaded weight vector feeding four rows), with at most two rows left to
-the one-row path. Threads split the
-groups; a reduction is never split across threads.
+the one-row path. Threads split the groups; a reduction is never split across
+threads.
+
+Attention follows the same rule: a query's scores are dot products summed over
+the head dimension in order (64 keys at a time, from a transposed key cache),
+its permitted keys are visited in increasing position, masked ones skipped, and
+softmax uses `exp_nonpositive`, our own float32 exp, not the platform's libm.
 """
 from __future__ import annotations
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from refimpl.trace import mean_accepted_of
+
 from .batching import batch_steps
 from .config import SimConfig
 from .costs import HardwareCosts
@@ -52,7 +54,7 @@ class MethodResult:
             "tpot_s": decode_seconds / c["decode_tokens"] if c["decode_tokens"] else 0.0,
             "prefill_s": self.prefill_seconds,
             "steps": c["steps"],
-            "mean_accepted": c["accepted"] / per_sequence_step,
+            "mean_accepted": mean_accepted_of(c["accepted"], c["sequence_steps"]),
             "mean_emitted": c["decode_tokens"] / per_sequence_step,
             "fallback_rate": c["misses"] / c["steps"] if self.method.startswith("mirror") and c["steps"] else 0.0,
             "utilisation": {d: (self.busy[d] / self.seconds if self.seconds else 0.0) for d in DEVICES},
@@ -89,6 +91,9 @@ def simulate(workload: Workload, config: SimConfig, methods=("ar", "sd", "mirror
     called before each method runs.
     """
     costs = costs if costs is not None else HardwareCosts(config)
+    target_shape = getattr(costs, "target_shape", None)
+    if target_shape is not None and target_shape.max_position_embeddings > 0:
+        workload.check_context(target_shape.max_position_embeddings, target_shape.name)
     shape = shape_for(config)
     names = ["ar", *(m for m in dict.fromkeys(methods) if m != "ar")]
     for name in names:

@@ -31,7 +31,7 @@ DEFAULT_COVERAGE = 0.7
 DEFAULT_METHODS = "ar,sd,mirror,mirror+ss"
 DEFAULT_TARGET, DEFAULT_DRAFT, DEFAULT_GAMMA = "qwen3-32b", "qwen3-0.6b", 7
 PLOT_FORMATS = (".png", ".svg", ".pdf")
-BREAKDOWN = ("target", "target_prefix", "target_suffix", "heads", "draft", "rendezvous", "fallback_draft")
+BREAKDOWN = ("target", "target_prefix", "target_suffix", "heads", "draft", "rendezvous", "fallback_draft", "queue")
 
 
 def register(subparsers) -> None:
@@ -61,6 +61,8 @@ def register(subparsers) -> None:
     system.add_argument("--draft-devices", type=int, help="draft devices (default: --draft-tp)")
     system.add_argument("--link", help="link between target and draft devices (default: m2-ultra-unified on "
                                        "the testbed, a device's own TP link when both are that device)")
+    system.add_argument("--draft-on-target", action="store_true",
+                        help="the draft runs on the target's devices: their work queues (one SimPy resource)")
     system.add_argument("--dtype", default="fp16", help="weights of the target (default fp16)")
     system.add_argument("--draft-dtype", help="default: --dtype")
     spec = parser.add_argument_group("speculation")
@@ -139,7 +141,7 @@ def _config(args, workload: Workload) -> SimConfig:
         link=args.link, dtype=args.dtype, draft_dtype=args.draft_dtype,
         gamma=gamma if gamma is not None else DEFAULT_GAMMA, kappa=args.kappa,
         exit_layer=args.exit_layer, batch=args.batch, ss_streams=args.ss_streams, tree_nodes=args.tree_nodes,
-        branches=args.branches)
+        branches=args.branches, draft_on_target=args.draft_on_target)
 
 
 def _trace_model(workload: Workload, role: str):
@@ -211,7 +213,7 @@ def _describe(costs: HardwareCosts, workload: Workload) -> dict:
         "system": {"target": costs.target_shape.name, "draft": costs.draft_shape.name,
                    "target_hw": costs.target_device.key, "tp": config.target.tp,
                    "draft_hw": costs.draft_device.key, "draft_tp": config.draft.tp, "link": costs.link.key,
-                   "dtype": config.dtype, "batch": config.batch},
+                   "dtype": config.dtype, "batch": config.batch, "draft_on_target": config.draft_on_target},
         "speculation": {"gamma": config.gamma, "kappa": config.kappa_used, "exit_layer": costs.exit_layer,
                         "ss_tokens_per_pass": config.ss_tokens},
     }

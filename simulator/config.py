@@ -106,6 +106,7 @@ class SimConfig:
     tree_nodes: int | None = None
     branches: int | None = None
     draft_sharding: str = "spd"
+    draft_on_target: bool = False     # the draft shares the target's devices (their work queues)
 
     def __post_init__(self):
         for name, minimum in (("gamma", 1), ("batch", 1), ("kappa", 1), ("exit_layer", 1),

@@ -73,11 +73,12 @@ def _check_method(method: str) -> None:
         raise InputError(f"--methods: unknown method {method!r} (known: {', '.join(METHODS)})")
 
 
-def run_method(method: str, prompts, costs, batch: int = 1, timeline_steps: int = 0) -> MethodResult:
+def run_method(method: str, prompts, costs, batch: int = 1, timeline_steps: int = 0,
+               draft_on_target: bool = False) -> MethodResult:
     """Simulate one method over per-prompt step records (lists of StepRecord)."""
     _check_method(method)
     started = time.perf_counter()
-    sim = Simulation(timeline_steps)
+    sim = Simulation(timeline_steps, draft_on_target)
     seconds = sim.run(METHODS[method](sim, batch_steps(prompts, batch), costs))
     return MethodResult(method, seconds, sim.prefill_seconds, dict(sim.counts), dict(sim.busy),
                         dict(sim.breakdown), sim.spans, time.perf_counter() - started)
@@ -102,7 +103,8 @@ def simulate(workload: Workload, config: SimConfig, methods=("ar", "sd", "mirror
     for name in names:
         if progress is not None:
             progress(name)
-        results[name] = run_method(name, workload.records(name, shape), costs, config.batch, timeline_steps)
+        results[name] = run_method(name, workload.records(name, shape), costs, config.batch, timeline_steps,
+                                   config.draft_on_target)
     for result in results.values():
         result.speedup = results["ar"].seconds / result.seconds if result.seconds else float("nan")
     return results

@@ -17,6 +17,7 @@ from tabulate import tabulate
 from .config import TESTBED, Group, SimConfig, is_testbed
 from .errors import InputError
 from .costs import HardwareCosts
+from .serving import poisson_arrivals, read_arrivals, serve
 from .simulate import simulate
 from .timeline import plot_gantt, write_chrome_trace
 from .workload import SPEC_BENCH, AcceptanceModel, Task, Workload, load_traces, replay_methods, trace_model
@@ -75,6 +76,10 @@ def register(subparsers) -> None:
     spec.add_argument("--ss-streams", type=int, help="mirror+ss lookahead streams (default 2, 1 from B=16)")
     spec.add_argument("--tree-nodes", type=int, help="target rows of ss/medusa/eagle steps (default γ+1)")
     spec.add_argument("--branches", type=int, help="Mirror-SD rollouts per step (default κ·(γ+1))")
+    serving = parser.add_argument_group("request-level serving (continuous batching, up to --batch sequences)")
+    serving.add_argument("--arrival-rate", type=float, metavar="R",
+                         help="requests arrive as a Poisson process of R per second, one per prompt")
+    serving.add_argument("--arrivals", metavar="FILE", help="arrival times in seconds, one per line, sorted")
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print JSON instead of a table")
     out.add_argument("--chrome-trace", metavar="FILE", help="timeline as Chrome trace JSON (Perfetto)")
@@ -160,6 +165,8 @@ def run(args) -> int:
     workload = _workload(args)
     config = _config(args, workload)
     methods = _methods(args, workload)
+    if args.arrival_rate is not None or args.arrivals is not None:
+        return _serve(args, workload, config, methods)
     want_timeline = bool(args.chrome_trace or args.plot)
     costs = HardwareCosts(config)
     results = simulate(workload, config, methods, costs=costs,
@@ -176,6 +183,36 @@ def run(args) -> int:
         print()
     else:
         print(_table(costs, workload, results))
+    return 0
+
+
+def _serve(args, workload: Workload, config: SimConfig, methods) -> int:
+    """Request-level serving: arrivals, continuous batching, throughput and latency percentiles."""
+    if args.arrival_rate is not None and args.arrivals is not None:
+        raise InputError("--arrivals: give --arrival-rate or --arrivals, not both")
+    if args.chrome_trace or args.plot:
+        raise InputError("--chrome-trace/--plot: timelines are for batch runs, not for serving")
+    if args.arrivals is not None:
+        arrivals = read_arrivals(args.arrivals)
+    else:
+        prompts = len(workload.traces) if workload.traces is not None else sum(t.prompts for t in workload.tasks)
+        arrivals = poisson_arrivals(args.arrival_rate, prompts, args.seed)
+    costs = HardwareCosts(config)
+    results = serve(workload, config, ["ar", *(m for m in methods if m != "ar")], arrivals, costs=costs)
+    report = {name: r.metrics() for name, r in results.items()}
+    if args.json:
+        json.dump({"serving": report, **_describe(costs, workload)}, sys.stdout, indent=2)
+        print()
+        return 0
+    rows = [[name, m["requests"], m["throughput_tokens_per_s"], *(1e3 * m["ttft_s"][p] for p in ("p50", "p90", "p99")),
+             *(1e3 * m["tpot_s"][p] for p in ("p50", "p90", "p99")), m["mean_batch"]] for name, m in report.items()]
+    d = _describe(costs, workload)["system"]
+    arrived = (f"Poisson arrivals at {args.arrival_rate}/s" if args.arrivals is None else
+               f"arrivals from {args.arrivals}")
+    print(f"{d['target']} on {d['tp']} x {d['target_hw']}, draft {d['draft']} on {d['draft_tp']} x {d['draft_hw']}; "
+          f"{arrived}, continuous batching up to {config.batch}, γ={config.gamma}, κ and streams by batch")
+    print(tabulate(rows, ["method", "requests", "tok/s", "TTFT p50 ms", "p90", "p99", "TPOT p50 ms", "p90", "p99",
+                          "mean batch"], floatfmt=".2f"))
     return 0
 
 

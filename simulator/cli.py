@@ -20,6 +20,7 @@ from .costs import HardwareCosts
 from .serving import poisson_arrivals, read_arrivals, serve
 from .simulate import simulate
 from .timeline import plot_gantt, write_chrome_trace
+from .uncertainty import parse_range, predict_with_uncertainty
 from .workload import SPEC_BENCH, AcceptanceModel, Task, Workload, load_traces, replay_methods, trace_model
 
 #: Default i.i.d. acceptance α. The paper reports no acceptance lengths (mirror-sd.md §7, §12.10);
@@ -80,6 +81,12 @@ def register(subparsers) -> None:
     serving.add_argument("--arrival-rate", type=float, metavar="R",
                          help="requests arrive as a Poisson process of R per second, one per prompt")
     serving.add_argument("--arrivals", metavar="FILE", help="arrival times in seconds, one per line, sorted")
+    doubt = parser.add_argument_group("error bars")
+    doubt.add_argument("--uncertainty", action="store_true",
+                       help="intervals from the parameters marked unconfirmed (prior x[1/2, 2]) and calibration "
+                            "residuals: 2k+1 runs, one parameter at a time, moves combined root-sum-square")
+    doubt.add_argument("--range", action="append", default=[], metavar="KEY.PARAM=LOW:HIGH",
+                       help="a parameter's range, e.g. m2-ultra-ane.memory_bandwidth=100e9:400e9 (repeatable)")
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print JSON instead of a table")
     out.add_argument("--chrome-trace", metavar="FILE", help="timeline as Chrome trace JSON (Perfetto)")
@@ -167,6 +174,8 @@ def run(args) -> int:
     methods = _methods(args, workload)
     if args.arrival_rate is not None or args.arrivals is not None:
         return _serve(args, workload, config, methods)
+    if args.uncertainty or args.range:
+        return _uncertainty(args, workload, config, methods)
     want_timeline = bool(args.chrome_trace or args.plot)
     costs = HardwareCosts(config)
     results = simulate(workload, config, methods, costs=costs,
@@ -213,6 +222,30 @@ def _serve(args, workload: Workload, config: SimConfig, methods) -> int:
           f"{arrived}, continuous batching up to {config.batch}, γ={config.gamma}, κ and streams by batch")
     print(tabulate(rows, ["method", "requests", "tok/s", "TTFT p50 ms", "p90", "p99", "TPOT p50 ms", "p90", "p99",
                           "mean batch"], floatfmt=".2f"))
+    return 0
+
+
+def _uncertainty(args, workload: Workload, config: SimConfig, methods) -> int:
+    """Nominal predictions with intervals, and how far each uncertain parameter moves them."""
+    if args.chrome_trace or args.plot:
+        raise InputError("--chrome-trace/--plot: not with --uncertainty")
+    ranges = dict(parse_range(text) for text in args.range)
+    names = ["ar", *(m for m in methods if m != "ar")]
+    report = predict_with_uncertainty(workload, config, names, ranges)
+    costs = HardwareCosts(config)
+    if args.json:
+        json.dump({"uncertainty": report, **_describe(costs, workload)}, sys.stdout, indent=2)
+        print()
+        return 0
+    rows = [[name, m["speedup"]["value"], m["speedup"]["low"], m["speedup"]["high"], m["tokens_per_s"]["value"],
+             m["tokens_per_s"]["low"], m["tokens_per_s"]["high"]] for name, m in report["methods"].items()]
+    print(tabulate(rows, ["method", "speedup", "low", "high", "tok/s", "low", "high"], floatfmt=".3f"))
+    spec = names[1:]
+    moves = [[mv["parameter"], f"{mv['low']:.3g}..{mv['high']:.3g}",
+              *(f"{mv['at_low'][n]['speedup']:.2f}..{mv['at_high'][n]['speedup']:.2f}" for n in spec)]
+             for mv in report["parameters"]]
+    print("\nspeedup at each parameter's low..high end (the others at their catalog values):")
+    print(tabulate(moves, ["parameter", "range", *spec]))
     return 0
 
 

@@ -126,21 +126,27 @@ def _one_row(x, r, group, out, col0):
         out[r, col0 + j] = a[j]
 
 
+@njit(cache=True, nogil=True)
+def _matmul_group(x, packed, g, out):
+    """Columns g*64..g*64+63 of out = x @ W.T for every row: the group's work unit."""
+    n_rows = x.shape[0]
+    group, col0 = packed[g], g * TILE
+    _one_row(x, 0, group, out, col0)  # streams the group from memory, four strips at once
+    r = 1
+    while n_rows - r >= 3:  # then four rows at a time from cache
+        start = min(r, n_rows - 4)  # a last group of three reaches back a row: recomputed, same bits
+        _four_rows(x, start, group, out, col0)
+        r = start + 4
+    while r < n_rows:
+        _one_row(x, r, group, out, col0)
+        r += 1
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def matmul(x, packed, out):
     """out (n, padded_width) = x (n, in) @ W.T for a weight packed by pack_linear."""
-    n_rows = x.shape[0]
     for g in prange(packed.shape[0]):
-        group, col0 = packed[g], g * TILE
-        _one_row(x, 0, group, out, col0)  # streams the group from memory, four strips at once
-        r = 1
-        while n_rows - r >= 3:  # then four rows at a time from cache
-            start = min(r, n_rows - 4)  # a last group of three reaches back a row: recomputed, same bits
-            _four_rows(x, start, group, out, col0)
-            r = start + 4
-        while r < n_rows:
-            _one_row(x, r, group, out, col0)
-            r += 1
+        _matmul_group(x, packed, g, out)
 
 
 @njit(cache=True, nogil=True)
@@ -277,6 +283,39 @@ def exp_nonpositive(x):
 POW2_NEGATIVE = np.array([2.0 ** -k for k in range(127)], dtype=np.float32)
 
 
+@njit(cache=True, nogil=True)
+def _attend(q, k_t, v_cache, base, mask, n_heads, n_kv_heads, head_dim, task, scores, out):
+    """One (row, head) task of `attention`: scores, softmax and weighted values."""
+    n_rows = q.shape[0]
+    n_slots = base + n_rows
+    r = task // n_heads
+    h = task % n_heads
+    qo = h * head_dim
+    ko = (h // (n_heads // n_kv_heads)) * head_dim
+    scale = np.float32(1.0) / np.sqrt(np.float32(head_dim))
+    s = scores[task]
+    _key_scores(q, r, qo, k_t, ko, head_dim, n_slots, s)
+    m = np.float32(-np.inf)
+    for slot in range(n_slots):
+        s[slot] = s[slot] * scale
+    for slot in range(base):
+        m = max(m, s[slot])
+    for i in range(n_rows):
+        if mask[r, i]:
+            m = max(m, s[base + i])
+    for slot in range(n_slots):
+        s[slot] = exp_nonpositive(s[slot] - m)
+    total = np.float32(0.0)
+    for slot in range(base):
+        total += s[slot]
+    for i in range(n_rows):
+        if mask[r, i]:
+            total += s[base + i]
+    for slot in range(n_slots):
+        s[slot] = s[slot] / total
+    _weighted_values(s, base, mask, r, v_cache, ko, head_dim, out[r], qo)
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def attention(q, k_t, v_cache, base, mask, n_heads, n_kv_heads, head_dim, scores, out):
     """Multi-head (grouped-query) attention of n new rows over the cache.
@@ -288,36 +327,8 @@ def attention(q, k_t, v_cache, base, mask, n_heads, n_kv_heads, head_dim, scores
     k_t: (kv_dim, slots) and v_cache: (slots, kv_dim) of one layer, new rows
     already written. scores: scratch (n*n_heads, base+n). out: (n, n_heads*head_dim).
     """
-    n_rows = q.shape[0]
-    n_slots = base + n_rows
-    group = n_heads // n_kv_heads
-    scale = np.float32(1.0) / np.sqrt(np.float32(head_dim))
-    for task in prange(n_rows * n_heads):
-        r = task // n_heads
-        h = task % n_heads
-        qo = h * head_dim
-        ko = (h // group) * head_dim
-        s = scores[task]
-        _key_scores(q, r, qo, k_t, ko, head_dim, n_slots, s)
-        m = np.float32(-np.inf)
-        for slot in range(n_slots):
-            s[slot] = s[slot] * scale
-        for slot in range(base):
-            m = max(m, s[slot])
-        for i in range(n_rows):
-            if mask[r, i]:
-                m = max(m, s[base + i])
-        for slot in range(n_slots):
-            s[slot] = exp_nonpositive(s[slot] - m)
-        total = np.float32(0.0)
-        for slot in range(base):
-            total += s[slot]
-        for i in range(n_rows):
-            if mask[r, i]:
-                total += s[base + i]
-        for slot in range(n_slots):
-            s[slot] = s[slot] / total
-        _weighted_values(s, base, mask, r, v_cache, ko, head_dim, out[r], qo)
+    for task in prange(q.shape[0] * n_heads):
+        _attend(q, k_t, v_cache, base, mask, n_heads, n_kv_heads, head_dim, task, scores, out)
 
 
 @njit(cache=True, nogil=True)
@@ -337,13 +348,19 @@ def add_into(x, y):
             x[r, i] += y[r, i]
 
 
-@njit(cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True)
 def transformer_layer(h, positions, base, mask, cos, sin, eps, n_heads, n_kv_heads,
                       attn_norm, wqkv, wo, ffn_norm, w13, w2, k_t, v_cache):
     """One pre-norm Llama block on the residual stream h (n, dim), in place.
 
     Writes the new rows' keys and values into this layer's cache (k_t is
     (kv_dim, slots), v_cache (slots, kv_dim)) at slots base..base+n-1, then attends.
+
+    Its parallel loops are its own, never calls to the parallel kernels above: numba
+    (0.63, issue 8578) records "start the thread pool on load" in a parallel function's
+    own cache entry only, not in that of a caller linking a callee loaded from the cache;
+    such a caller, cached in one process, jumps to a null pointer in the next (SIGSEGV)
+    unless something else started the pool (tests/refimpl/test_compile_cache.py).
     """
     n, dim = h.shape
     head_dim = dim // n_heads
@@ -352,7 +369,8 @@ def transformer_layer(h, positions, base, mask, cos, sin, eps, n_heads, n_kv_hea
     x = np.empty((n, dim), np.float32)
     rmsnorm(h, attn_norm, eps, x)
     qkv = np.empty((n, wqkv.shape[0] * TILE), np.float32)
-    matmul(x, wqkv, qkv)
+    for g in prange(wqkv.shape[0]):
+        _matmul_group(x, wqkv, g, qkv)
     q = qkv[:, :dim]
     k = qkv[:, dim:dim + kv_dim]
     apply_rope(q, n_heads, head_dim, positions, cos, sin)
@@ -363,14 +381,18 @@ def transformer_layer(h, positions, base, mask, cos, sin, eps, n_heads, n_kv_hea
             v_cache[base + r, i] = qkv[r, dim + kv_dim + i]
     att = np.empty((n, dim), np.float32)
     scores = np.empty((n * n_heads, base + n), np.float32)
-    attention(q, k_t, v_cache, base, mask, n_heads, n_kv_heads, head_dim, scores, att)
+    for task in prange(n * n_heads):
+        _attend(q, k_t, v_cache, base, mask, n_heads, n_kv_heads, head_dim, task, scores, att)
     o = np.empty((n, wo.shape[0] * TILE), np.float32)
-    matmul(att, wo, o)
+    for g in prange(wo.shape[0]):
+        _matmul_group(att, wo, g, o)
     add_into(h, o[:, :dim])
     rmsnorm(h, ffn_norm, eps, x)
     gate_up = np.empty((n, w13.shape[0] * TILE), np.float32)
-    matmul(x, w13, gate_up)
+    for g in prange(w13.shape[0]):
+        _matmul_group(x, w13, g, gate_up)
     act = np.empty((n, hidden), np.float32)
     swiglu(gate_up[:, :hidden], gate_up[:, hidden:2 * hidden], act)
-    matmul(act, w2, o)
+    for g in prange(w2.shape[0]):
+        _matmul_group(act, w2, g, o)
     add_into(h, o[:, :dim])

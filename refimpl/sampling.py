@@ -37,6 +37,7 @@ class SamplingSettings:
     top_k: int = 0          # 0: no top-k filter
     top_p: float = 1.0      # 1.0: no nucleus filter
     seed: int = 0
+    ignore_eos: bool = False  # decode past BOS/EOS as ordinary tokens (vLLM's SamplingParams.ignore_eos)
 
     def __post_init__(self):
         if not np.isfinite(self.temperature) or self.temperature < 0:

@@ -25,6 +25,7 @@ def register(subparsers) -> None:
     add_model_options(p)
     p.add_argument("--max-new-tokens", type=int, default=256, help="tokens to generate at most (default 256)")
     p.add_argument("--method", choices=sorted(METHODS), default="ar", help="decoding method (default ar)")
+    p.add_argument("--ignore-eos", action="store_true", help="decode past BOS/EOS as ordinary tokens")
     add_method_options(p)
     p.add_argument("--trace", metavar="FILE", help="write one JSONL record per target forward pass")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
@@ -102,7 +103,8 @@ def parse_ids(text: str, option: str = "--prompt-ids") -> list[int]:
 def load_inputs(args):
     """(model, tokenizer or None, prompt ids, sampling settings, startup seconds) from the options."""
     set_threads(args.threads)
-    settings = SamplingSettings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    settings = SamplingSettings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                                ignore_eos=getattr(args, "ignore_eos", False))
     start = time.perf_counter()
     path = resolve_model(args.model)
     model = load_model(path)

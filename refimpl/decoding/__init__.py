@@ -3,8 +3,10 @@
     method(model, prompt_ids, settings, max_new_tokens, **params)
         yields (emitted_tokens, StepRecord, stop_reason_or_None) once per target pass
 
-and stops after max_new_tokens tokens, at the model's sequence length, or at a
-stop token (BOS or EOS, which is not emitted). `generate` drives one to the end.
+and stops after max_new_tokens tokens (stop_reason "max_new_tokens"), when the
+sequence is full ("seq_len": as in llama2.c, the token predicted at position
+seq_len - 1 is the last), or at a stop token ("bos"/"eos", not emitted; with
+`settings.ignore_eos` they are ordinary tokens). `generate` drives one to the end.
 Methods that take parameters check them when called, before the first step.
 
 - ar: plain autoregressive decoding, the baseline;

@@ -82,8 +82,8 @@ def speculative_decode(target, prompt_ids, settings: SamplingSettings, max_new_t
     """Yield (emitted, record, stop) per target pass. `propose(context, max_depth, max_nodes)`
     returns a Proposal for the committed tokens `context` (its last one pending).
     `cache` may be given to inspect the target's KV cache afterwards."""
-    budget = token_budget(target, prompt_ids, max_new_tokens)
-    if budget == 0:
+    budget = token_budget(target, prompt_ids, max_new_tokens, settings)
+    if budget.tokens == 0:
         return
     cache = target.new_cache() if cache is None else cache
     clock = Stopwatch()
@@ -97,7 +97,7 @@ def speculative_decode(target, prompt_ids, settings: SamplingSettings, max_new_t
     context, produced = list(prompt_ids) + [token], 1
     while not stop:
         base = cache.length
-        proposal = propose(context, budget - produced - 1, cache.capacity - base)
+        proposal = propose(context, budget.tokens - produced - 1, cache.capacity - base)
         tree = proposal.tree
         hidden = target.hidden_states(tree.token_array(), tree.positions(base), cache, tree.ancestor_mask(),
                                       commit=False)

@@ -28,7 +28,8 @@ from hwmodels.paths import DATA_DIR
 SETS = {
     "specdecode_bench_llama31_8b_h100": {
         "names": {"h100-sxm": "specdecode-bench-llama31-8b-h100"},
-        "free": ["compute_efficiency", "memory_efficiency", "overlap", "pass_overhead_s"],
+        # pass_overhead_s stays at its default: free, it pushes memory_efficiency past 1 (to 1.04).
+        "free": ["compute_efficiency", "memory_efficiency", "overlap"],
         "shared": [],
         "source": "vLLM Llama-3.1-8B bf16 on one H100, the linear step-time fit published by SpecDecode-Bench "
                   "(arXiv 2601.11580; SpecDecode-Bench/simulator predictor.py) evaluated on a 36-point grid, "

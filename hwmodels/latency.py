@@ -47,7 +47,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .devices import Device, Link, get_device, get_link
+from .devices import get_device, get_link
+from .hardware import Device, Link
 from .dtypes import activation_bytes_per_element, check_dtype, weight_bytes_per_element
 from .errors import InputError
 from .models import ModelShape, get_model

@@ -34,8 +34,12 @@ from .hardware import PARAM_BOUNDS
 from .latency import Work, pass_work, time_parts
 from .models import get_model
 from .paths import DATA_DIR
+from .steps import step_seconds
 
 REQUIRED_COLUMNS = ("device", "model", "n", "L", "B", "G", "seconds")
+
+#: Methods a measurement table may time a step of (sd would need its draft model too).
+TABLE_METHODS = ("ar", "lookup", "medusa", "eagle", "hydra")
 
 #: Parameters that are fractions of a datasheet rate: a fit that pins one at 1
 #: wants the device to beat its datasheet, which no measurement can justify.
@@ -56,6 +60,7 @@ MAX_TABLE_BYTES = 16 * 2**20
 PRIOR_FLOOR = {
     "compute_efficiency": 0.1, "memory_efficiency": 0.1, "overlap": 0.1, "pass_overhead_s": 1e-4,
     "layer_overhead_s": 1e-5, "dot_overhead_s": 1e-9, "score_overhead_s": 1e-9, "link_alpha_s": 1e-6, "link_beta_s_per_byte": 1e-13,
+    "step_overhead_s": 1e-4, "tree_row_overhead_s": 1e-6, "draft_pass_overhead_s": 1e-4,
 }
 
 
@@ -78,6 +83,10 @@ class Measurement:
     layers: tuple | None = None
     classifier: bool | None = None
     sharding: str = "megatron"
+    method: str = ""             # "": one forward pass; else one step of this method (hwmodels.steps)
+    draft_rows: tuple = ()       # a step's draft passes, rows each
+    heads: int = 4               # medusa: heads per step
+    ratio: bool = False          # `seconds` holds T(step) / T(autoregressive step), not seconds
     where: str = field(default="", compare=False)  # "FILE: line N", for error messages
 
 
@@ -97,12 +106,35 @@ def _number(where: str, column: str, text: str, kind=float):
     return value
 
 
+def _parse_step(where: str, row: dict) -> dict:
+    """The optional step columns: method, draft_rows ("4;4;8"), heads, ratio_to_ar."""
+    method = (row.get("method") or "").strip()
+    if not method:
+        return {}
+    if method not in TABLE_METHODS:
+        raise InputError(f"{where}: column method: unknown {method!r} (known: {', '.join(TABLE_METHODS)})")
+    text = (row.get("draft_rows") or "").strip()
+    draft_rows = tuple(_number(where, "draft_rows", t, int) for t in text.split(";")) if text else ()
+    if any(r < 1 for r in draft_rows) or len(draft_rows) > 64:
+        raise InputError(f"{where}: column draft_rows: need at most 64 passes of >= 1 row each, got {text!r}")
+    heads = _number(where, "heads", row["heads"], int) if (row.get("heads") or "").strip() else 4
+    if not 1 <= heads <= 64:
+        raise InputError(f"{where}: column heads: need 1..64, got {heads}")
+    return {"method": method, "draft_rows": draft_rows, "heads": heads}
+
+
 def _parse_row(where: str, row: dict) -> Measurement:
+    ratio_text = (row.get("ratio_to_ar") or "").strip()
     for column in REQUIRED_COLUMNS:
+        if column == "seconds" and ratio_text:
+            continue
         if not (row.get(column) or "").strip():
             raise InputError(f"{where}: column {column} is empty")
     n, L, B, G = (_number(where, c, row[c], int) for c in ("n", "L", "B", "G"))
-    seconds = _number(where, "seconds", row["seconds"])
+    step = _parse_step(where, row)
+    if ratio_text and not step:
+        raise InputError(f"{where}: column ratio_to_ar needs a method (a step to compare with autoregressive)")
+    seconds = _number(where, "ratio_to_ar" if ratio_text else "seconds", ratio_text or row["seconds"])
     if seconds <= 0 or n < 1 or L < 0 or B < 1 or G < 1:
         raise InputError(f"{where}: need seconds > 0, n >= 1, L >= 0, B >= 1, G >= 1")
     layers = None
@@ -114,7 +146,8 @@ def _parse_row(where: str, row: dict) -> Measurement:
         classifier = bool(_number(where, "classifier", row["classifier"], int))
     return Measurement(device=row["device"].strip(), model=row["model"].strip(), n=n, L=L, B=B, G=G,
                        seconds=seconds, dtype=(row.get("dtype") or "fp16").strip(), layers=layers,
-                       classifier=classifier, sharding=(row.get("sharding") or "megatron").strip(), where=where)
+                       classifier=classifier, sharding=(row.get("sharding") or "megatron").strip(),
+                       ratio=bool(ratio_text), where=where, **step)
 
 
 def _table_text(path: Path) -> str:
@@ -178,20 +211,28 @@ class _Problem:
         self.devices = devices  # key -> base Device
         self.device_of = [r.device for r in rows]
         self.measured = np.array([r.seconds for r in rows])
-        works = [_row_work(r) for r in rows]
-        self.groups = {}  # device key -> (row indices, stacked Work, peak FLOP/s per row)
+        self.steps = [i for i, r in enumerate(rows) if r.method]   # priced one by one by hwmodels.steps
+        for i in self.steps:
+            try:
+                _step_value(rows[i], devices[rows[i].device])
+            except InputError as exc:
+                raise InputError(f"{rows[i].where or 'calibration'}: {exc}") from None
+        works = {i: _row_work(r) for i, r in enumerate(rows) if not r.method}
+        self.groups = {}  # device key -> (forward-pass row indices, stacked Work, peak FLOP/s per row)
         for key in devices:
-            idx = np.array([i for i, d in enumerate(self.device_of) if d == key])
+            idx = np.array([i for i, d in enumerate(self.device_of) if d == key and i in works], dtype=int)
+            if not idx.size:
+                continue
             stacked = Work(**{f: np.array([getattr(works[i], f) for i in idx], dtype=float)
                               for f in Work.__dataclass_fields__})
-            peaks = np.array([_row_peak(devices[key], rows[i]) for i in idx])
+            peaks = np.array([_row_peak(devices[key], rows[i]) for i in idx], dtype=float)
             self.groups[key] = (idx, stacked, peaks)
 
     def predict(self, params_by_device, indices) -> np.ndarray:
         """Predicted seconds; an efficiency above 1 (only in the check for unphysical fits) scales the rate."""
         out = np.full(len(self.rows), np.nan)
+        devices = {}
         for key, params in params_by_device.items():
-            idx, work, peaks = self.groups[key]
             params = dict(params)
             compute_gain = max(params.get("compute_efficiency", 0.0), 1.0)
             memory_gain = max(params.get("memory_efficiency", 0.0), 1.0)
@@ -201,8 +242,16 @@ class _Problem:
             device = self.devices[key].with_params(**params)
             if memory_gain > 1.0:
                 device = device.with_params(memory_bandwidth=device.memory_bandwidth * memory_gain)
-            parts = time_parts(work, device, peaks * compute_gain, device.tp_link)
-            out[idx] = parts["compute"] + parts["memory"] + parts["overhead"] + parts["communication"]
+            if key in self.groups:
+                idx, work, peaks = self.groups[key]
+                parts = time_parts(work, device, peaks * compute_gain, device.tp_link)
+                out[idx] = parts["compute"] + parts["memory"] + parts["overhead"] + parts["communication"]
+            if compute_gain > 1.0:   # the forward rows took it through `peaks`; the step rows read the device
+                device = device.with_params(peak_flops={k: v * compute_gain for k, v in device.peak_flops.items()})
+            devices[key] = device
+        for i in self.steps:
+            if self.device_of[i] in devices:
+                out[i] = _step_value(self.rows[i], devices[self.device_of[i]])
         return out[np.asarray(indices)]
 
 
@@ -212,6 +261,13 @@ def _row_work(row: Measurement) -> Work:
                          layers=row.layers, classifier=row.classifier, sharding=row.sharding)
     except InputError as exc:
         raise InputError(f"{row.where or 'calibration'}: {exc}") from None
+
+
+def _step_value(row: Measurement, device) -> float:
+    """A step row's prediction: seconds of the step, or its ratio to an autoregressive step."""
+    kwargs = dict(draft_rows=row.draft_rows, heads=row.heads, batch=row.B, tp=row.G, dtype=row.dtype)
+    seconds = step_seconds(row.method, row.model, device, row.n, row.L, **kwargs)
+    return seconds / step_seconds("ar", row.model, device, 1, row.L, **kwargs) if row.ratio else seconds
 
 
 def _row_peak(device, row: Measurement) -> float:
@@ -277,8 +333,8 @@ class CalibrationResult:
         return self.loo_predicted / np.array([r.seconds for r in self.rows]) - 1.0
 
     def table(self) -> list[dict]:
-        return [{"device": r.device, "model": r.model, "n": r.n, "L": r.L, "B": r.B, "G": r.G,
-                 "measured_s": r.seconds, "fitted_s": float(p), "error": float(e),
+        return [{"device": r.device, "model": r.model, "method": r.method or "pass", "n": r.n, "L": r.L,
+                 "B": r.B, "G": r.G, "ratio": r.ratio, "measured_s": r.seconds, "fitted_s": float(p), "error": float(e),
                  "loo_s": float(q), "loo_error": float(le)}
                 for r, p, e, q, le in zip(self.rows, self.predicted, self.errors,
                                           self.loo_predicted, self.loo_errors)]

@@ -14,7 +14,7 @@ from .cpu import CPU_CALIBRATION, cpu_device
 from .dtypes import check_dtype
 from .errors import InputError
 from .fitted import apply_calibration, shipped_calibrations
-from .hardware import Device, Link
+from .hardware import STEP_FIELDS, Device, Link
 from .names import build_index, normalise, resolve
 from .paths import DATA_DIR
 
@@ -70,7 +70,7 @@ def link_latency(link_or_name, nbytes: float) -> float:
 
 
 _SCALAR_FIELDS = ("compute_efficiency", "memory_efficiency", "overlap", "pass_overhead_s",
-                  "layer_overhead_s", "dot_overhead_s", "score_overhead_s", "memory_usable_fraction")
+                  "layer_overhead_s", "dot_overhead_s", "score_overhead_s", *STEP_FIELDS, "memory_usable_fraction")
 
 
 def _datasheet_device(key: str, entry: dict, defaults: dict, default_source: str = "") -> Device:

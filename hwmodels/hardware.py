@@ -32,9 +32,15 @@ PARAM_BOUNDS = {
     "layer_overhead_s": (0.0, 1.0),
     "dot_overhead_s": (0.0, 1e-3),
     "score_overhead_s": (0.0, 1e-3),
+    "step_overhead_s": (0.0, 1.0),
+    "tree_row_overhead_s": (0.0, 0.01),
+    "draft_pass_overhead_s": (0.0, 1.0),
     "link_alpha_s": (0.0, 0.1),
     "link_beta_s_per_byte": (1e-14, 1e-6),
 }
+
+#: The fixed times a speculative step adds (hwmodels.steps), all 0 unless calibrated.
+STEP_FIELDS = ("step_overhead_s", "tree_row_overhead_s", "draft_pass_overhead_s")
 
 
 def _positive(owner: str, what: str, value: float) -> float:
@@ -107,6 +113,10 @@ class Device:
     memory_usable_fraction: float
     dot_overhead_s: float = 0.0    # fixed cost per dot product (CPU loop set-up; 0 on GPUs/NPUs)
     score_overhead_s: float = 0.0  # fixed cost per attention score (CPU softmax; 0 on GPUs/NPUs)
+    # Costs of the engine running on the device that a speculative step adds (see hwmodels.steps):
+    step_overhead_s: float = 0.0        # host work per speculative step beyond an AR step's
+    tree_row_overhead_s: float = 0.0    # per verified row: tree mask, candidate gather, cache compaction
+    draft_pass_overhead_s: float = 0.0  # launch cost of one draft/head pass (a small forward of its own)
     tp_link: Link | None = None
     calibration: str | None = None
     sources: dict = field(default_factory=dict, compare=False)
@@ -129,6 +139,8 @@ class Device:
         _non_negative(owner, "layer_overhead_s", self.layer_overhead_s)
         _non_negative(owner, "dot_overhead_s", self.dot_overhead_s)
         _non_negative(owner, "score_overhead_s", self.score_overhead_s)
+        for name in STEP_FIELDS:
+            _non_negative(owner, name, getattr(self, name))
 
     # ----- rates ---------------------------------------------------------
     def peak(self, dtype: str) -> float:
@@ -160,6 +172,7 @@ class Device:
             layer_overhead_s=self.layer_overhead_s / f,
             dot_overhead_s=self.dot_overhead_s / f,
             score_overhead_s=self.score_overhead_s / f,
+            **{name: getattr(self, name) / f for name in STEP_FIELDS},
             tp_link=self.tp_link.scaled(f) if self.tp_link else None,
         )
 
@@ -199,7 +212,8 @@ class Device:
     def summary(self) -> dict:
         fields = ("key", "name", "kind", "peak_flops", "memory_bandwidth", "memory_capacity",
                   "compute_efficiency", "memory_efficiency", "overlap", "pass_overhead_s",
-                  "layer_overhead_s", "dot_overhead_s", "score_overhead_s", "memory_usable_fraction", "calibration")
+                  "layer_overhead_s", "dot_overhead_s", "score_overhead_s", *STEP_FIELDS,
+                  "memory_usable_fraction", "calibration")
         out = {name: getattr(self, name) for name in fields}
         out["peak_flops"] = dict(self.peak_flops)
         out["tp_link"] = self.tp_link.key if self.tp_link else None

@@ -195,6 +195,23 @@ def time_parts(work: Work, device: Device, peak, link: Link | None) -> dict:
             "communication": comm, "compute_time": blocks[2] + head[2], "memory_time": blocks[3] + head[3]}
 
 
+def matmuls_seconds(device: Device, matmuls, tokens: int, dtype: str = "fp16", tp: int = 1) -> float:
+    """The roofline time of dense layers outside a transformer block (draft heads, fusing layers).
+
+    `matmuls` lists (in, out) weight shapes applied to `tokens` rows: 2 FLOP per
+    multiply-add, the weights read once, activations in and out, split over `tp`
+    devices; timed like a block's matmuls (compute efficiency, memory efficiency,
+    overlap), with no fixed overhead of its own.
+    """
+    wb, ab = weight_bytes_per_element(check_dtype(dtype)), activation_bytes_per_element(dtype)
+    weights = sum(i * o for i, o in matmuls)
+    flops = 2 * tokens * weights / tp
+    nbytes = (weights * wb + tokens * sum(i + o for i, o in matmuls) * ab) / tp
+    dots = tokens * sum(o for _, o in matmuls) / tp
+    charged_compute, charged_memory, _, _ = _roofline(flops, nbytes, dots, 0.0, device.peak(dtype), device)
+    return float(charged_compute + charged_memory)
+
+
 def _tp_link(device: Device, tp: int, link) -> Link | None:
     if link is not None:
         return get_link(link)

@@ -93,12 +93,12 @@ def _tensor_shapes(config: ModelConfig, fmt: str) -> list[tuple[str, tuple[int, 
 
 def load_model(path: str | os.PathLike) -> Model:
     """Load and validate a checkpoint: llama2.c (legacy or version 1), or a format of
-    refimpl.formats (a Hugging Face directory)."""
+    refimpl.formats (a Hugging Face directory, a GGUF file)."""
     path = Path(path)
     fmt = formats.detect(path)
     if fmt is not None:
         config, weights = formats.read_dense(path, fmt)
-        return Model.from_dense(config, weights, name=path.name)
+        return Model.from_dense(config, weights, name=path.stem if path.is_file() else path.name)
     config, weights = read_llama2c(path)
     return Model.from_dense(config, weights, name=path.stem)
 
@@ -135,7 +135,7 @@ def resolve_model(spec: str) -> Path:
     """A checkpoint path from a path or a bare name found in the models directory
     (NAME/NAME.bin, as ../shared/checkpoints lays them out)."""
     path = Path(spec)
-    if path.exists() or os.sep in spec or spec.endswith(".bin"):
+    if path.exists() or os.sep in spec or spec.endswith((".bin", ".gguf")):
         return path
     root = models_dir()
     if root is None:
@@ -143,6 +143,8 @@ def resolve_model(spec: str) -> Path:
     candidate = root / spec / f"{spec}.bin"
     if formats.detect(root / spec) is not None:
         return root / spec
+    if (root / spec / f"{spec}.gguf").is_file():
+        return root / spec / f"{spec}.gguf"
     if not candidate.is_file():
         known = sorted(p.name for p in root.iterdir() if (p / f"{p.name}.bin").is_file()
                        or formats.detect(p) is not None) if root.is_dir() else []

@@ -11,13 +11,16 @@ Methods that take parameters check them when called, before the first step.
 
 - ar: plain autoregressive decoding, the baseline;
 - sd: a draft model proposes a chain or tree (params draft, gamma, tree_k, verify);
-- lookup: prompt lookup decoding (params gamma, ngram).
+- lookup: prompt lookup decoding (params gamma, ngram);
+- mirror: Mirror-SD, early exit + branch rollouts (params draft, gamma, exit_layer,
+  kappa, max_branches, overlap).
 """
 from refimpl.decoding.ar import autoregressive
 from refimpl.decoding.common import Generation, generate
 from refimpl.decoding.lookup import prompt_lookup
+from refimpl.decoding.mirror import mirror
 from refimpl.decoding.sd import speculative
 
-METHODS = {"ar": autoregressive, "sd": speculative, "lookup": prompt_lookup}
+METHODS = {"ar": autoregressive, "sd": speculative, "lookup": prompt_lookup, "mirror": mirror}
 
-__all__ = ["METHODS", "Generation", "autoregressive", "generate", "prompt_lookup", "speculative"]
+__all__ = ["METHODS", "Generation", "autoregressive", "generate", "mirror", "prompt_lookup", "speculative"]

@@ -13,7 +13,7 @@ Methods that take parameters check them when called, before the first step.
 - sd: a draft model proposes a chain or tree (params draft, gamma, tree_k, verify);
 - lookup: prompt lookup decoding (params gamma, ngram);
 - mirror: Mirror-SD, early exit + branch rollouts (params draft, gamma, exit_layer,
-  kappa, max_branches, overlap).
+  kappa, max_branches, overlap);
 - ss: Speculative Streaming (params streams, gamma, tree_k, verify, schedule, prune_threshold).
 """
 from refimpl.decoding.ar import autoregressive

@@ -24,6 +24,8 @@ from refimpl.errors import InputError, read_text
 from refimpl.sampling import SamplingSettings
 from refimpl.tokenizer import BOS_ID, EOS_ID
 
+MAX_TOKEN_FILE_BYTES = 8 << 20   # a --tokens file: 8 MiB holds a million ids, far past any sequence length
+
 
 @dataclass
 class OracleReport:
@@ -89,7 +91,7 @@ def read_token_file(path: str | Path) -> TokenFile:
     """Token ids from a file: a JSON list, a JSON object with "tokens" and optionally
     "prompt_ids" (`generate --json` output), or one id per line."""
     path = Path(path)
-    text = read_text(path, "--tokens")
+    text = read_text(path, "--tokens", MAX_TOKEN_FILE_BYTES)
     try:
         value = json.loads(text)
     except RecursionError:

@@ -21,8 +21,9 @@ import os
 import sys
 import traceback
 
-COMMAND_MODULES = ("refimpl.cli", "hwmodels.cli", "simulator.cli")
-ERROR_CLASSES = ("refimpl.errors:InputError", "hwmodels.errors:InputError", "simulator.errors:InputError")
+COMMAND_MODULES = ("refimpl.cli", "refimpl.convert", "hwmodels.cli", "simulator.cli", "experiments.cli")
+ERROR_CLASSES = ("refimpl.errors:InputError", "hwmodels.errors:InputError", "simulator.errors:InputError",
+                 "experiments.runner:ExperimentError")
 
 
 def _load_optional(spec: str):

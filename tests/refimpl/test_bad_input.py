@@ -227,7 +227,7 @@ def test_an_unexpected_exception_exits_3_in_one_line(capsys, tmp_path, monkeypat
 @pytest.mark.parametrize("argv,prog", [
     (["generate", "--model", "tiny", "--prompt-ids", "1", "--top-k", "abc"], "mirrorstream generate"),
     (["generate", "--model", "tiny"], "mirrorstream generate"),
-    (["oracle", "check", "--model", "tiny", "--prompt-ids", "1"], "mirrorstream oracle check"),
+    (["oracle", "check", "--model", "tiny", "--prompt-ids", "1", "--seed", "x"], "mirrorstream oracle check"),
     (["oracle"], "mirrorstream oracle"),
     (["simulate", "--gamma", "x"], "mirrorstream simulate"),
     (["hw", "calibrate"], "mirrorstream hw calibrate"),

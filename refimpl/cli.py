@@ -12,9 +12,9 @@ import numpy as np
 
 from refimpl.checkpoints import find_tokenizer, load_model, resolve_model
 from refimpl.decoding import METHODS, generate
-from refimpl.errors import InputError
+from refimpl.errors import InputError, check_output_path
 from refimpl import oracle
-from refimpl.oracle import check, read_token_file
+from refimpl.oracle import check, check_ids, read_token_file
 from refimpl.sampling import SamplingSettings
 from refimpl.tokenizer import BOS_ID, StreamDecoder, load_tokenizer
 from refimpl.trace import TraceHeader, write_trace
@@ -107,20 +107,47 @@ def set_threads(threads: int | None) -> None:
 
 
 def parse_ids(text: str, option: str = "--prompt-ids") -> list[int]:
-    try:
-        ids = [int(part) for part in text.replace(" ", "").split(",") if part != ""]
-    except ValueError:
-        raise InputError(f"{option} {text!r}: expected comma-separated integers") from None
-    if not ids:
+    parts = [part for part in text.replace(" ", "").split(",") if part != ""]
+    if not all(_is_int_text(part) for part in parts):
+        raise InputError(f"{option} {text[:80]!r}: expected comma-separated integers")
+    if not parts:
         raise InputError(f"{option}: no token ids given")
-    return ids
+    return [int(part) for part in parts]
+
+
+def _is_int_text(text: str) -> bool:
+    digits = text[1:] if text[:1] in "+-" else text
+    return 0 < len(digits) <= 4000 and digits.isascii() and digits.isdigit()
+
+
+def check_options(args) -> None:
+    """Range-check every option that needs no model, before any work: a bad value must
+    fail at once, never after a model load or a long computation."""
+    _at_least(args, "max_new_tokens", 0)
+    for name in ("gamma", "tree_k", "ngram", "draft_layers", "threads"):
+        _at_least(args, name, 1)
+    if args.prompt is not None:
+        try:
+            args.prompt.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InputError(f"--prompt: not valid UTF-8 text (a stray byte at character {exc.start})") from None
+    if getattr(args, "trace", None):
+        check_output_path(args.trace, "--trace")
+
+
+def _at_least(args, name: str, low: int) -> None:
+    value = getattr(args, name, None)
+    if value is not None and value < low:
+        raise InputError(f"--{name.replace('_', '-')} {value}: must be >= {low}")
 
 
 def load_inputs(args):
     """(model, tokenizer or None, prompt ids, sampling settings, startup seconds) from the options."""
+    check_options(args)
     set_threads(args.threads)
     settings = SamplingSettings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                                 ignore_eos=getattr(args, "ignore_eos", False))
+    prompt_ids = parse_ids(args.prompt_ids) if args.prompt is None else None
     start = time.perf_counter()
     path = resolve_model(args.model)
     model = load_model(path)
@@ -129,12 +156,22 @@ def load_inputs(args):
     if args.prompt is not None:
         if tokenizer is None:
             raise InputError(f"--prompt needs a tokenizer: none beside {path}; give --tokenizer")
+        check_prompt_length(args.prompt, tokenizer, model.config.seq_len)
         prompt_ids = [BOS_ID] + tokenizer.encode(args.prompt)
     else:
-        prompt_ids = parse_ids(args.prompt_ids)
+        check_ids(prompt_ids, model.config.vocab_size, "--prompt-ids")
     model.check_tokens(np.asarray(prompt_ids), np.zeros(len(prompt_ids), dtype=np.int64))
     warm_up(model)
     return model, tokenizer, prompt_ids, settings, time.perf_counter() - start
+
+
+def check_prompt_length(prompt: str, tokenizer, seq_len: int) -> None:
+    """Refuse, before encoding it, a prompt too long for the sequence whatever its
+    tokenisation: one token spells at most tokenizer.max_piece_bytes bytes."""
+    least = -(-len(prompt.encode("utf-8")) // max(tokenizer.max_piece_bytes, 1))
+    if least + 1 >= seq_len:
+        raise InputError(f"--prompt: {len(prompt)} characters make at least {least} tokens, but the model's "
+                         f"sequence length is {seq_len}")
 
 
 def warm_up(model) -> None:
@@ -163,7 +200,10 @@ def run_generate(args) -> int:
         header = TraceHeader(method=args.method, params=header_params, target=model_shape(model),
                              draft=model_shape(draft) if draft is not None else None,
                              seed=settings.seed, prompt_tokens=len(prompt_ids))
-        write_trace(args.trace, header, result.records)
+        try:
+            write_trace(args.trace, header, result.records)
+        except OSError as exc:
+            raise InputError(f"--trace {args.trace}: cannot write ({exc.strerror or exc})") from None
     if args.json:
         text = tokenizer.decode(result.tokens) if tokenizer is not None else None
         print(json.dumps({"prompt_ids": prompt_ids, "tokens": result.tokens, "text": text, "stats": stats}))
@@ -226,16 +266,26 @@ def register_oracle(subparsers) -> None:
 
 
 def run_oracle_check(args) -> int:
+    """Exit 0 when equal, 1 when diverged, 2 for bad input (a --tokens file whose
+    prompt_ids are not the prompt given included: the comparison would be meaningless)."""
     if args.reference or args.candidate:
         return run_reference_check(args)
     if args.model is None or (args.prompt is None and args.prompt_ids is None) or args.tokens is None:
         raise InputError("oracle check needs --model, --prompt or --prompt-ids, and --tokens "
                          "(or --reference REF.jsonl --candidate THEIRS.jsonl)")
-    tokens = read_token_file(args.tokens)
+    their = read_token_file(args.tokens)
     model, _, prompt_ids, settings, _ = load_inputs(args)
-    report = check(model, prompt_ids, tokens, settings)
+    if their.prompt_ids is not None and their.prompt_ids != prompt_ids:
+        raise InputError(f"--tokens {args.tokens}: its prompt_ids {_abbreviate(their.prompt_ids)} differ from "
+                         f"the prompt given, {_abbreviate(prompt_ids)}")
+    report = check(model, prompt_ids, their.tokens, settings)
     print(json.dumps(report.to_dict()) if args.json else report.describe())
     return 0 if report.equal else 1
+
+
+def _abbreviate(ids: list[int], shown: int = 8) -> str:
+    text = ",".join(map(str, ids[:shown]))
+    return f"[{text}{',...' if len(ids) > shown else ''}] ({len(ids)} ids)"
 
 
 def add_reference_check_options(c: argparse.ArgumentParser) -> None:
@@ -289,6 +339,8 @@ def register_oracle_reference(sub) -> None:
 
 
 def run_oracle_reference(args) -> int:
+    _at_least(args, "max_new_tokens", 0)
+    check_output_path(args.out, "--out")
     set_threads(args.threads)
     settings = SamplingSettings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                                 **({"ignore_eos": True} if getattr(args, "ignore_eos", False) else {}))

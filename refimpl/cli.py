@@ -17,7 +17,7 @@ from refimpl import oracle
 from refimpl.oracle import check, check_ids, read_token_file
 from refimpl.sampling import SamplingSettings
 from refimpl.tokenizer import BOS_ID, StreamDecoder, load_tokenizer
-from refimpl.trace import TraceHeader, write_trace
+from refimpl.trace import TraceHeader, mean_accepted, write_trace
 
 
 def register(subparsers) -> None:
@@ -220,9 +220,9 @@ def run_generate(args) -> int:
 
 
 def generation_stats(model, result, startup_s: float) -> dict:
-    """The --json stats. mean_accepted counts the tokens each target pass committed, the
-    bonus/correction token included (accepted + 1; Spec-Bench's "mean accepted tokens"; 1.0
-    for ar); acceptance_histogram maps that count to the number of passes with it."""
+    """The --json stats. mean_accepted: `refimpl.trace.mean_accepted` (tokens per decoding pass,
+    bonus included, prefill left out; 1.0 for ar); acceptance_histogram maps that count to the
+    number of target passes with it (the prefill's counted as 1)."""
     seconds = max(result.seconds, 1e-9)
     lengths = [r.accepted + 1 for r in result.records]
     histogram = {str(n): lengths.count(n) for n in sorted(set(lengths))}
@@ -232,7 +232,7 @@ def generation_stats(model, result, startup_s: float) -> dict:
         "seconds": result.seconds,
         "target_calls": result.target_calls,
         "draft_calls": result.draft_calls,
-        "mean_accepted": sum(lengths) / len(lengths) if lengths else 0.0,
+        "mean_accepted": mean_accepted(result.records),
         "acceptance_histogram": histogram,
         "weight_gb_per_s": model.weight_bytes() * result.target_calls / seconds / 1e9,
         "stop_reason": result.stop_reason,

@@ -27,7 +27,7 @@ DEFAULT_ACCEPTANCE = 0.8
 #: 0.7 takes the paper's premise that the mid-layer proxy is strongly correlated with the final layer.
 DEFAULT_COVERAGE = 0.7
 DEFAULT_METHODS = "ar,sd,mirror,mirror+ss"
-BREAKDOWN = ("target", "target_prefix", "target_suffix", "heads", "draft", "rendezvous", "fallback_draft")
+BREAKDOWN = ("target", "target_prefix", "target_suffix", "heads", "draft", "host", "rendezvous", "fallback_draft")
 
 
 def register(subparsers) -> None:

@@ -40,6 +40,13 @@ SETS = {
                   "the step-time ratios of Medusa-2 (Medusa arXiv 2401.10774) and EAGLE (arXiv 2401.15077) "
                   "(data/measurements/hf_eager_a100.csv)",
     },
+    "llamacpp_rtx3090": {
+        "names": {"rtx-3090": "llamacpp-rtx3090"},
+        "free": ["memory_efficiency", "overlap", "pass_overhead_s"],
+        "shared": [],
+        "source": "llama.cpp (CUDA) on one RTX 3090, Llama-3 8B F16/BF16, forward passes of 1-16 rows (llama-bench "
+                  "pp512 by micro-batch; ggml-org/llama.cpp pull requests #14262 and #15131)",
+    },
     "specdecode_bench_llama31_8b_h100": {
         "names": {"h100-sxm": "specdecode-bench-llama31-8b-h100"},
         # pass_overhead_s stays at its default: free, it pushes memory_efficiency past 1 (to 1.04).

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from refimpl import formats
 from refimpl.errors import InputError
 from refimpl.model import Model, ModelConfig
 
@@ -91,8 +92,19 @@ def _tensor_shapes(config: ModelConfig, fmt: str) -> list[tuple[str, tuple[int, 
 
 
 def load_model(path: str | os.PathLike) -> Model:
-    """Load and validate a llama2.c checkpoint (legacy or version 1)."""
+    """Load and validate a checkpoint: llama2.c (legacy or version 1), or a format of
+    refimpl.formats (a Hugging Face directory, a GGUF file)."""
     path = Path(path)
+    fmt = formats.detect(path)
+    if fmt is not None:
+        config, weights = formats.read_dense(path, fmt)
+        return Model.from_dense(config, weights, name=path.stem if path.is_file() else path.name)
+    config, weights = read_llama2c(path)
+    return Model.from_dense(config, weights, name=path.stem)
+
+
+def read_llama2c(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """(config, dense weights in Model.from_dense's names) of a llama2.c checkpoint, mapped."""
     config, offset, fmt = read_config(path)
     shapes = _tensor_shapes(config, fmt)
     expected = offset + 4 * sum(int(np.prod(s)) for _, s in shapes)
@@ -110,7 +122,7 @@ def load_model(path: str | os.PathLike) -> Model:
         if not np.isfinite(tensor).all():
             raise InputError(f"{path}: tensor {name} holds non-finite values")
         weights[name] = tensor
-    return Model.from_dense(config, weights, name=path.stem)
+    return config, weights
 
 
 def models_dir() -> Path | None:
@@ -123,22 +135,28 @@ def resolve_model(spec: str) -> Path:
     """A checkpoint path from a path or a bare name found in the models directory
     (NAME/NAME.bin, as ../shared/checkpoints lays them out)."""
     path = Path(spec)
-    if path.exists() or os.sep in spec or spec.endswith(".bin"):
+    if path.exists() or os.sep in spec or spec.endswith((".bin", ".gguf")):
         return path
     root = models_dir()
     if root is None:
         raise InputError(f"--model {spec}: not a file, and MIRRORSTREAM_MODELS is not set to a models directory")
     candidate = root / spec / f"{spec}.bin"
+    if formats.detect(root / spec) is not None:
+        return root / spec
+    if (root / spec / f"{spec}.gguf").is_file():
+        return root / spec / f"{spec}.gguf"
     if not candidate.is_file():
-        known = sorted(p.name for p in root.iterdir() if (p / f"{p.name}.bin").is_file()) if root.is_dir() else []
+        known = sorted(p.name for p in root.iterdir() if (p / f"{p.name}.bin").is_file()
+                       or formats.detect(p) is not None) if root.is_dir() else []
         raise InputError(f"--model {spec}: no {candidate}; models in {root}: {', '.join(known) or 'none'}")
     return candidate
 
 
 def find_tokenizer(checkpoint: Path) -> Path | None:
-    """The tokenizer beside a checkpoint: tokenizer.model, tokenizer.bin or tok*.bin."""
-    folder = checkpoint.parent
-    for name in ("tokenizer.model", "tokenizer.bin"):
+    """The tokenizer beside a checkpoint file, or inside a checkpoint directory:
+    tokenizer.json, tokenizer.model, tokenizer.bin or tok*.bin."""
+    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    for name in ("tokenizer.json", "tokenizer.model", "tokenizer.bin"):
         if (folder / name).is_file():
             return folder / name
     matches = sorted(folder.glob("tok*.bin"))

@@ -111,6 +111,7 @@ def test_calibration_recovers_step_terms_from_step_ratios(tmp_path):
     ("a100-80gb,vicuna-7b,8,0,1,1,,eagle,4;x,,1.2", "column draft_rows is not a number"),
     ("a100-80gb,vicuna-7b,8,0,1,1,,eagle,4;0,,1.2", "column draft_rows: need"),
     ("a100-80gb,vicuna-7b,8,0,1,1,,medusa,,0,1.2", "column heads: need 1..64"),
+    ("a100-80gb,vicuna-7b,8,0,1,1,,eagle,1e300,,1.2", "column draft_rows = 1e300 is beyond"),
     ("a100-80gb,vicuna-7b,8,0,1,1,,medusa,,4,", "column seconds is empty"),
 ])
 def test_bad_step_rows(tmp_path, row, match):

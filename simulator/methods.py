@@ -26,19 +26,20 @@ def sd(sim: Simulation, steps, costs):
     for step in sim.steps(steps):
         yield from sim.serial(("draft", "draft", _draft_seconds(costs, step)),
                               ("target", "target", costs.target(step.rows, step.context, step.batch)),
-                              ("target", "host", _host(costs, "sd", step)))
+                              *_host(costs, "sd", step))
 
 
 def lookup(sim: Simulation, steps, costs):
     """Prompt lookup decoding: n-grams matched on the host, then one target verification pass."""
     for step in sim.steps(steps):
         yield from sim.serial(("target", "target", costs.target(step.rows, step.context, step.batch)),
-                              ("target", "host", _host(costs, "lookup", step)))
+                              *_host(costs, "lookup", step))
 
 
-def _host(costs, method: str, step: Step) -> float:
-    """Host work of a speculative step (none in a prefill, which is an autoregressive pass)."""
-    return 0.0 if step.prefill else costs.host(method, step)
+def _host(costs, method: str, step: Step) -> tuple:
+    """The host work of a speculative step as a segment, or none (a prefill is an autoregressive pass)."""
+    seconds = 0.0 if step.prefill else costs.host(method, step)
+    return (("target", "host", seconds),) if seconds else ()
 
 
 def ss(sim: Simulation, steps, costs):
@@ -56,7 +57,7 @@ def _with_heads(kind: str):
             heads = sum(costs.heads(kind, rows, step.context, step.batch) for rows in passes)
             yield from sim.serial(("target", "heads", heads),
                                   ("target", "target", costs.target(step.rows, step.context, step.batch)),
-                                  ("target", "host", _host(costs, kind, step)))
+                                  *_host(costs, kind, step))
     method.__name__ = kind
     method.__doc__ = (f"{kind.capitalize()}: the drafting {kind} passes on the target's devices, one target pass, "
                       f"host work.")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -251,6 +252,19 @@ def read_safetensors(path, kind: str, fmt: str, names: tuple[str, ...]) -> tuple
     if not isinstance(metadata["identity"], dict) or "checksum" not in metadata["identity"]:
         raise InputError(f"{path}: missing base-model identity in its metadata")
     return tensors, metadata
+
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+def shipped(model, kind: str) -> Path:
+    """The shipped parameter file of `kind` ("streams" or "heads") for a model, by its name."""
+    path = DATA_DIR / f"{model.name}.{kind}.safetensors"
+    if not path.is_file():
+        option = "--streams" if kind == "streams" else "--heads"
+        raise InputError(f"no shipped {kind} for model {model.name!r}: train them (mirrorstream train-{kind}) "
+                         f"and give {option} FILE")
+    return path
 
 
 def load_streams(path, model) -> Streams:

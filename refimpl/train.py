@@ -477,8 +477,13 @@ def train_streams(model, sequences: list[list[int]], settings: TrainSettings, st
         if save_state and ((step + 1) % every == 0 or step + 1 == settings.steps):
             save_state({**{f"param.{k}": v.copy() for k, v in params.items()}, **adam.state()})
     streams = Streams(params["embeddings"], settings.n_layers, params["prune_down"], params["prune_up"],
-                      model_identity(model))
+                      model_identity(model), training_vocabulary(sequences))
     return streams, metrics
+
+
+def training_vocabulary(sequences) -> np.ndarray:
+    """The draft shortlist: every token of the training text (the softmax trained over)."""
+    return np.unique(np.concatenate([np.asarray(s, np.int64) for s in sequences]))
 
 
 def train_medusa(model, sequences: list[list[int]], settings: TrainSettings, state: dict | None = None,

@@ -11,7 +11,7 @@ import numpy as np
 from refimpl.checkpoints import find_tokenizer, load_model, resolve_model
 from refimpl.errors import InputError
 from refimpl.train import (Progress, TrainSettings, self_distilled, settings_dict, text_sequences, train_medusa,
-                           train_streams)
+                           train_streams, training_vocabulary)
 
 
 def register(subparsers) -> None:
@@ -113,6 +113,7 @@ def run_train(args) -> int:
         from refimpl.decoding.medusa import MedusaHeads, save_heads
         from refimpl.streams import model_identity
 
-        save_heads(args.out, MedusaHeads(result[0], result[1], model_identity(model)), config)
+        save_heads(args.out, MedusaHeads(result[0], result[1], model_identity(model), training_vocabulary(sequences)),
+                   config)
     print(json.dumps({"out": args.out, **metrics}), file=sys.stderr)
     return 0

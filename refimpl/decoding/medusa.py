@@ -21,7 +21,7 @@ from refimpl.decoding.speculative import Proposal, default_prefill_pass, default
 from refimpl.decoding.ss import MAX_TREE_K, LevelDrafter
 from refimpl.errors import InputError
 from refimpl.sampling import SamplingSettings
-from refimpl.streams import model_identity, read_safetensors
+from refimpl.streams import classifier_rows, model_identity, read_safetensors, vocabulary_of
 from refimpl.verify import MATCH, VERIFY_RULES
 
 FORMAT = "mirrorstream.medusa"
@@ -32,6 +32,8 @@ class MedusaHeads:
     weights: np.ndarray       # (K, dim, dim)
     biases: np.ndarray        # (K, dim)
     identity: dict = field(default_factory=dict)
+    vocabulary: np.ndarray | None = None    # draft shortlist, as for streams (refimpl.streams)
+    packed: dict = field(default_factory=dict, repr=False)
 
     @property
     def gamma(self) -> int:
@@ -39,6 +41,8 @@ class MedusaHeads:
 
     def check_for(self, model, source: str = "heads") -> None:
         dim = model.config.dim
+        if self.vocabulary is not None and (self.vocabulary.max() >= model.config.vocab_size):
+            raise InputError(f"{source}: its draft vocabulary does not fit the model's {model.config.vocab_size} tokens")
         if self.weights.ndim != 3 or self.weights.shape[1:] != (dim, dim) or self.biases.shape != (self.gamma, dim):
             raise InputError(f"{source}: heads of shape {self.weights.shape} do not fit the model's hidden size {dim}")
         if self.identity:
@@ -56,9 +60,7 @@ class MedusaHeads:
         kernels.rmsnorm(hidden.reshape(1, -1), model.final_norm, model.eps, normed)
         z = self.weights @ normed[0] + self.biases
         blocks = (normed[0] + z / (1.0 + np.exp(-z))).astype(np.float32)
-        out = np.empty((self.gamma, model.classifier.shape[0] * kernels.TILE), np.float32)
-        kernels.matmul(blocks, model.classifier, out)
-        return out[:, :model.config.vocab_size]
+        return classifier_rows(model, self.vocabulary, self.packed, blocks)
 
 
 def random_heads(model, gamma: int, seed: int = 0, scale: float = 0.5) -> MedusaHeads:
@@ -73,13 +75,16 @@ def save_heads(path, heads: MedusaHeads, config: dict | None = None) -> None:
 
     metadata = {"format": FORMAT, "gamma": str(heads.gamma), "identity": json.dumps(heads.identity, sort_keys=True),
                 "config": json.dumps(config or {}, sort_keys=True)}
-    save_file({"weights": np.ascontiguousarray(heads.weights, np.float32),
-               "biases": np.ascontiguousarray(heads.biases, np.float32)}, str(path), metadata=metadata)
+    tensors = {"weights": np.ascontiguousarray(heads.weights, np.float32),
+               "biases": np.ascontiguousarray(heads.biases, np.float32)}
+    if heads.vocabulary is not None:
+        tensors["vocabulary"] = np.ascontiguousarray(heads.vocabulary, dtype=np.int32)
+    save_file(tensors, str(path), metadata=metadata)
 
 
 def load_heads(path, model) -> MedusaHeads:
     tensors, metadata = read_safetensors(path, "heads", FORMAT, ("weights", "biases"))
-    heads = MedusaHeads(tensors["weights"], tensors["biases"], metadata["identity"])
+    heads = MedusaHeads(tensors["weights"], tensors["biases"], metadata["identity"], vocabulary_of(tensors, path))
     heads.check_for(model, str(path))
     return heads
 
@@ -120,6 +125,6 @@ def medusa(model, prompt_ids, settings: SamplingSettings, max_new_tokens: int, h
         raise InputError(f"--verify {verify!r}: must be one of {', '.join(VERIFY_RULES)}")
     token_budget(model, prompt_ids, max_new_tokens)
     if gamma is not None and gamma < heads.gamma:
-        heads = MedusaHeads(heads.weights[:gamma], heads.biases[:gamma], heads.identity)
+        heads = MedusaHeads(heads.weights[:gamma], heads.biases[:gamma], heads.identity, heads.vocabulary)
     proposer = MedusaProposer(model, heads, settings, tree_k, verify)
     return speculative_decode(model, prompt_ids, settings, max_new_tokens, proposer, verify, cache)

@@ -33,7 +33,8 @@ DEFAULT_COVERAGE = 0.7
 DEFAULT_METHODS = "ar,sd,mirror,mirror+ss"
 DEFAULT_TARGET, DEFAULT_DRAFT, DEFAULT_GAMMA = "qwen3-32b", "qwen3-0.6b", 7
 PLOT_FORMATS = (".png", ".svg", ".pdf")
-BREAKDOWN = ("target", "target_prefix", "target_suffix", "heads", "draft", "rendezvous", "fallback_draft", "queue")
+BREAKDOWN = ("target", "target_prefix", "target_suffix", "heads", "draft", "host", "rendezvous", "fallback_draft",
+             "queue")
 
 
 def register(subparsers) -> None:

@@ -9,7 +9,11 @@ A cost model answers five questions (seconds):
 - ``rollout(draft_rows, context, batch, branches)``: the draft passes of one step, one
   after another; Mirror-SD's branches share the committed prefix (its KV cache is
   read once per sequence, as in tree attention), so a pass has rows x branches rows;
-- ``heads(kind, rows, context, batch)``: one Medusa-head / EAGLE-draft pass on the target's devices;
+- ``heads(kind, rows, context, batch)``: one Medusa-heads / EAGLE-draft / Hydra-head pass on the
+  target's devices (`hwmodels.steps`: Medusa's heads each have their own classifier; EAGLE's draft
+  pass is a fusing layer, one decoder block and the classifier; every pass pays a launch overhead);
+- ``host(method, step)``: the host work a speculative step adds over an autoregressive one (building
+  candidates and the tree mask, sampling and verifying, compacting the cache; `hwmodels.steps`);
 - ``early_exit_message(step)`` / ``verdict_message(step)``: Mirror-SD's two rendezvous.
 """
 from __future__ import annotations
@@ -96,10 +100,17 @@ class HardwareCosts:
                           lambda: sum(self.draft(rows * branches, context, batch) for rows in draft_rows))
 
     def heads(self, kind: str, rows: int, context: int, batch: int) -> float:
-        """A Medusa-heads or EAGLE-draft pass, modelled as one target block plus the LM head."""
-        return self._memo(("heads", rows, context, batch), lambda: self._forward(
-            self.target_shape, self.target_device, self.config.target, self.config.dtype, rows, context, batch,
-            layers=(self.n_layers - 1, self.n_layers), classifier=True))
+        """One drafting pass from the target's hidden states: Medusa heads, an EAGLE draft pass, a Hydra head."""
+        group = self.config.target
+        return self._memo(("heads", kind, rows, context, batch), lambda: self._hw.head_pass_seconds(
+            kind, self.target_shape, self.target_device, rows, context, batch=math.ceil(batch / group.replicas),
+            tp=group.tp, dtype=self.config.dtype))
+
+    def host(self, method: str, step: Step) -> float:
+        """Host work of one step of `method` beyond an autoregressive step's (0 for ar)."""
+        group = self.config.target
+        return self._memo(("host", method, step.rows, step.batch), lambda: self._hw.host_seconds(
+            method, self.target_device, step.rows, math.ceil(step.batch / group.replicas)))
 
     def _message(self, nbytes: int) -> float:
         return self._memo(("link", nbytes), lambda: self._hw.link_latency(self.link, nbytes))
@@ -117,7 +128,8 @@ class HardwareCosts:
 class ConstantCosts:
     """Fixed per-pass times, whatever the rows, context or batch: the paper's latency law by hand.
 
-    A full target pass costs `target_prefix + target_suffix`; each rendezvous costs `rendezvous`.
+    A full target pass costs `target_prefix + target_suffix`; each rendezvous costs `rendezvous`;
+    a speculative step's host work costs `host_step`.
     """
 
     target_prefix: float
@@ -125,6 +137,7 @@ class ConstantCosts:
     draft_pass: float
     rendezvous: float = 0.0
     heads_pass: float = 0.0
+    host_step: float = 0.0
 
     def target(self, rows: int, context: int, batch: int, part: str = "full") -> float:
         if part == "prefix":
@@ -141,6 +154,9 @@ class ConstantCosts:
 
     def heads(self, kind: str, rows: int, context: int, batch: int) -> float:
         return self.heads_pass
+
+    def host(self, method: str, step: Step) -> float:
+        return 0.0 if method == "ar" else self.host_step
 
     def early_exit_message(self, step: Step) -> float:
         return self.rendezvous

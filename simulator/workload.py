@@ -190,6 +190,9 @@ def _step_shaper(method: str, shape: Shape):
         "ss": tree_step(lambda proposed: 0),
         "medusa": tree_step(lambda proposed: 1),
         "eagle": tree_step(lambda proposed: proposed),
+        "hydra": tree_step(lambda proposed: proposed),
+        "lookup": lambda context, proposed, accepted, emitted, hit: StepRecord(
+            context, proposed + 1, 0, 0, proposed, accepted, emitted),
         "mirror": mirror(1),
         "mirror+ss": mirror(max(shape.ss_tokens, 1)),
     }

@@ -13,7 +13,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("refimpl.cli", "refimpl.convert", "hwmodels.cli", "simulator.cli")
+COMMAND_MODULES = ("refimpl.cli", "refimpl.convert", "refimpl.pull", "hwmodels.cli", "simulator.cli")
 ERROR_CLASSES = ("refimpl.errors:InputError", "hwmodels.errors:InputError", "simulator.errors:InputError")
 
 

@@ -5,7 +5,8 @@ Public API (used by the simulator):
     get_device, get_model, get_link, known_devices, known_models, known_links,
     forward_latency, link_latency, allreduce_time, Device, Link, ModelShape, Latency
 """
-from .devices import Device, Link, get_device, get_link, known_devices, known_links, link_latency
+from .hardware import Device, Link
+from .devices import get_device, get_link, known_devices, known_links, link_latency
 from .errors import InputError
 from .latency import Latency, allreduce_time, forward_latency, pass_work
 from .models import ModelShape, get_model, known_models

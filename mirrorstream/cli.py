@@ -13,8 +13,10 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("refimpl.cli", "refimpl.convert", "refimpl.pull", "hwmodels.cli", "simulator.cli")
-ERROR_CLASSES = ("refimpl.errors:InputError", "hwmodels.errors:InputError", "simulator.errors:InputError")
+COMMAND_MODULES = ("refimpl.cli", "refimpl.convert", "refimpl.pull", "hwmodels.cli", "simulator.cli",
+                   "experiments.cli")
+ERROR_CLASSES = ("refimpl.errors:InputError", "hwmodels.errors:InputError", "simulator.errors:InputError",
+                 "experiments.runner:ExperimentError")
 
 
 def _load_optional(spec: str):

@@ -27,6 +27,7 @@ def register(subparsers) -> None:
     add_model_options(p)
     p.add_argument("--max-new-tokens", type=int, default=256, help="tokens to generate at most (default 256)")
     p.add_argument("--method", choices=sorted(METHODS), default="ar", help="decoding method (default ar)")
+    p.add_argument("--ignore-eos", action="store_true", help="decode past BOS/EOS as ordinary tokens")
     add_method_options(p)
     p.add_argument("--trace", metavar="FILE", help="write one JSONL record per target forward pass")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
@@ -35,30 +36,43 @@ def register(subparsers) -> None:
 
 
 def add_method_options(p: argparse.ArgumentParser) -> None:
-    """Options of the speculative methods (sd, lookup); ar ignores them."""
+    """Options of the speculative methods (sd, lookup, mirror); ar ignores them."""
     g = p.add_argument_group("speculative methods")
     draft = g.add_mutually_exclusive_group()
-    draft.add_argument("--draft", metavar="PATH", help="sd: draft checkpoint with the target's vocabulary")
+    draft.add_argument("--draft", metavar="PATH", help="sd, mirror: draft checkpoint with the target's vocabulary")
     draft.add_argument("--draft-layers", type=int, metavar="K",
-                       help="sd: draft = the target's first K layers with its final norm and classifier")
-    g.add_argument("--gamma", type=int, default=4, help="sd, lookup: tokens proposed per step, tree depth (default 4)")
+                       help="sd, mirror: draft = the target's first K layers with its final norm and classifier")
+    g.add_argument("--gamma", type=int, default=4,
+                   help="sd, lookup, mirror: tokens proposed per step, tree depth (default 4)")
     g.add_argument("--tree-k", type=int, default=1, help="sd: children per tree node (default 1: a chain)")
     g.add_argument("--verify", choices=("match", "rejection"), default="match",
                    help="sd: exact match (default; ar's very tokens) or rejection sampling (ar's distribution)")
     g.add_argument("--ngram", type=int, default=2, help="lookup: longest n-gram to look up (default 2)")
+    g.add_argument("--exit-layer", type=int, metavar="L",
+                   help="mirror: early-exit layer of the target, 1..N-1 (default N/2)")
+    g.add_argument("--kappa", type=int, default=8, help="mirror: early-exit candidates per window position (default 8)")
+    g.add_argument("--max-branches", type=int, metavar="B",
+                   help="mirror: branch rollouts per step at most, the likeliest kept (default all: kappa*(gamma+1))")
+    g.add_argument("--overlap", action="store_true",
+                   help="mirror: run the draft's rollouts on a second thread beside the target's last layers")
 
 
 def method_params(args, model) -> tuple[dict, dict, object]:
     """(keyword arguments of the method, its trace-header params, the draft model or None)."""
-    if args.method == "sd":
+    if args.method in ("sd", "mirror"):
         if args.draft:
             draft = load_model(resolve_model(args.draft))
             warm_up(draft)
         elif args.draft_layers is not None:
             draft = model.first_layers(args.draft_layers)
         else:
-            raise InputError("--method sd needs a draft: --draft PATH or --draft-layers K")
-        params = dict(gamma=args.gamma, tree_k=args.tree_k, verify=args.verify)
+            raise InputError(f"--method {args.method} needs a draft: --draft PATH or --draft-layers K")
+        if args.method == "mirror":
+            exit_layer = model.config.n_layers // 2 if args.exit_layer is None else args.exit_layer
+            params = dict(gamma=args.gamma, exit_layer=exit_layer, kappa=args.kappa,
+                          max_branches=args.max_branches, overlap=args.overlap)
+        else:
+            params = dict(gamma=args.gamma, tree_k=args.tree_k, verify=args.verify)
         header = dict(params, draft_layers=args.draft_layers) if args.draft_layers else dict(params)
         return dict(params, draft=draft), header, draft
     if args.method == "lookup":
@@ -105,7 +119,8 @@ def parse_ids(text: str, option: str = "--prompt-ids") -> list[int]:
 def load_inputs(args):
     """(model, tokenizer or None, prompt ids, sampling settings, startup seconds) from the options."""
     set_threads(args.threads)
-    settings = SamplingSettings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    settings = SamplingSettings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                                ignore_eos=getattr(args, "ignore_eos", False))
     start = time.perf_counter()
     path = resolve_model(args.model)
     model = load_model(path)

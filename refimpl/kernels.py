@@ -74,7 +74,7 @@ def padded_width(n_out: int) -> int:
     return -(-n_out // TILE) * TILE
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _four_rows(x, r, group, out, col0):
     """Rows r..r+3 of one group, strip by strip; each weight vector feeds four rows."""
     n_in = x.shape[1]
@@ -108,7 +108,7 @@ def _four_rows(x, r, group, out, col0):
             out[r + 3, c + j] = a3[j]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _one_row(x, r, group, out, col0):
     """Row r of one group, all four strips at once (64 accumulators)."""
     n_in = x.shape[1]
@@ -126,7 +126,7 @@ def _one_row(x, r, group, out, col0):
         out[r, col0 + j] = a[j]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def matmul(x, packed, out):
     """out (n, padded_width) = x (n, in) @ W.T for a weight packed by pack_linear."""
     n_rows = x.shape[0]
@@ -143,7 +143,7 @@ def matmul(x, packed, out):
             r += 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def rmsnorm(x, weight, eps, out):
     """out[r] = weight * x[r] / sqrt(mean(x[r]^2) + eps), the sum taken in order."""
     n_rows, dim = x.shape
@@ -164,7 +164,7 @@ def rope_tables(max_positions: int, head_dim: int, theta: float) -> tuple[np.nda
     return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def apply_rope(x, n_heads, head_dim, positions, cos, sin):
     """Rotate each (even, odd) pair of every head of x (n, n_heads*head_dim) in place."""
     for r in range(x.shape[0]):
@@ -183,7 +183,7 @@ def apply_rope(x, n_heads, head_dim, positions, cos, sin):
 LANES = 16  # keys scored together: 16 floats (two AVX registers), four such groups when it can
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _key_scores(q, r, qo, k_t, ko, head_dim, n_slots, s):
     """s[slot] = q[r, head] . k[slot, head] for slots 0..n_slots-1, each summed over d in order.
 
@@ -239,7 +239,7 @@ def _key_scores(q, r, qo, k_t, ko, head_dim, n_slots, s):
 MAX_HEAD_DIM = 256  # the stack accumulator of one head's output (ModelConfig.validate enforces it)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _weighted_values(p, base, mask, r, v_cache, ko, head_dim, out_row, qo):
     """out_row[qo + d] = sum over the visible slots, in slot order, of p[slot] * v[slot, ko + d]."""
     acc = stack_f32(MAX_HEAD_DIM)
@@ -255,7 +255,7 @@ def _weighted_values(p, base, mask, r, v_cache, ko, head_dim, out_row, qo):
         out_row[qo + d] = acc[d]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def exp_nonpositive(x):
     """e^x for x <= 0 in float32 with our own fixed arithmetic (range reduction by ln 2,
     a degree-6 polynomial, a power-of-two table), so softmax weights do not depend on
@@ -277,7 +277,7 @@ def exp_nonpositive(x):
 POW2_NEGATIVE = np.array([2.0 ** -k for k in range(127)], dtype=np.float32)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def attention(q, k_t, v_cache, base, mask, n_heads, n_kv_heads, head_dim, scores, out):
     """Multi-head (grouped-query) attention of n new rows over the cache.
 
@@ -320,7 +320,7 @@ def attention(q, k_t, v_cache, base, mask, n_heads, n_kv_heads, head_dim, scores
         _weighted_values(s, base, mask, r, v_cache, ko, head_dim, out[r], qo)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def swiglu(gate, up, out):
     """out = silu(gate) * up, elementwise."""
     for r in range(out.shape[0]):
@@ -329,7 +329,7 @@ def swiglu(gate, up, out):
             out[r, i] = g * (np.float32(1.0) / (np.float32(1.0) + np.exp(-g))) * up[r, i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def add_into(x, y):
     """x += y, elementwise."""
     for r in range(x.shape[0]):
@@ -337,7 +337,7 @@ def add_into(x, y):
             x[r, i] += y[r, i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def transformer_layer(h, positions, base, mask, cos, sin, eps, n_heads, n_kv_heads,
                       attn_norm, wqkv, wo, ffn_norm, w13, w2, k_t, v_cache):
     """One pre-norm Llama block on the residual stream h (n, dim), in place.

@@ -27,14 +27,28 @@ Record fields (all counts are per sequence):
   pass, batched (one per early-exit candidate and depth).
 - ``coverage_hit`` (optional, Mirror-SD): whether a precomputed branch covered
   the target's correction, so the next window is ready (false: fallback).
+- ``exit_hit`` (optional, Mirror-SD): whether the target's token after the
+  accepted prefix (correction or bonus) was among the early-exit top-κ at that
+  position (coverage Ω_κ); ``coverage_hit`` can still be false when the branch
+  was pruned (``--max-branches``) or did not fit.
 - ``wall_s`` (optional): seconds the step took on the recording machine.
+- ``wall_parts`` (optional): how ``wall_s`` splits, seconds by part name; for
+  ``mirror``: "prefix" (target layers 1..ℓe and the early-exit head),
+  "suffix" (layers ℓe+1..N and verification), "draft" (branch rollouts, on the
+  second thread with ``--overlap``), "wait" (the target waiting for the draft at
+  the second rendezvous), "fallback" (a fresh rollout after a miss).
 - ``prefill`` (optional, default false): the record is the prompt's prefill
   pass (``context`` 0, ``target_tokens`` = prompt length, ``emitted`` 1).
 
 ``params`` by method (written by ``mirrorstream generate --trace``): ``ar`` {};
 ``sd`` {"gamma", "tree_k" (1: a chain), "verify" ("match" or "rejection"), and
 "draft_layers" when the draft is the target's first layers}; ``lookup``
-{"gamma", "ngram"}. For ``sd`` and ``lookup``, ``target_tokens`` counts the
+{"gamma", "ngram"}; ``mirror`` {"gamma", "exit_layer", "kappa", "max_branches",
+"overlap", and "draft_layers" as for sd}. A ``mirror`` record's draft passes are
+the branch rollouts that ran beside the target's suffix layers
+(``draft_tokens_per_pass`` per branch, ``branches`` of them); a fallback's
+fresh chain of the same depth runs before the next step (``coverage_hit``
+false). For ``sd`` and ``lookup``, ``target_tokens`` counts the
 pending token plus every proposed node (``proposed`` = ``target_tokens`` - 1),
 and the first draft pass of a step also runs the tokens committed since the
 draft's previous pass, so ``draft_tokens_per_pass`` is a list when passes differ.
@@ -85,6 +99,8 @@ class StepRecord:
     coverage_hit: bool | None = None
     wall_s: float | None = None
     prefill: bool = False
+    exit_hit: bool | None = None
+    wall_parts: dict | None = None
 
     def draft_token_list(self) -> list[int]:
         """Query rows of each draft pass, one entry per pass."""
@@ -106,7 +122,7 @@ class StepRecord:
 
 _REQUIRED = ("context", "target_tokens", "draft_passes", "draft_tokens_per_pass",
              "proposed", "accepted", "emitted")
-_OPTIONAL = ("branches", "coverage_hit", "wall_s")
+_OPTIONAL = ("branches", "coverage_hit", "wall_s", "exit_hit", "wall_parts")
 _RECORD_KEYS = frozenset(f.name for f in fields(StepRecord))
 _HEADER_KEYS = frozenset(f.name for f in fields(TraceHeader))
 
@@ -166,6 +182,20 @@ def validate_record(record: StepRecord) -> None:
             raise ValueError(f"'wall_s' must be a finite number of seconds >= 0, got {wall!r}")
     if not isinstance(record.prefill, bool):
         raise ValueError(f"'prefill' must be true or false, got {record.prefill!r}")
+    _check_mirror_fields(record)
+
+
+def _check_mirror_fields(record: StepRecord) -> None:
+    if record.exit_hit is not None and not isinstance(record.exit_hit, bool):
+        raise ValueError(f"'exit_hit' must be true, false or absent, got {type(record.exit_hit).__name__}")
+    if record.wall_parts is None:
+        return
+    if not isinstance(record.wall_parts, dict) or len(record.wall_parts) > 16:
+        raise ValueError("'wall_parts' must be an object of at most 16 named seconds")
+    for name, seconds in record.wall_parts.items():
+        if (not isinstance(name, str) or len(name) > 32 or isinstance(seconds, bool)
+                or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0):
+            raise ValueError("'wall_parts' must map short names to finite seconds >= 0")
 
 
 class TraceWriter:

@@ -33,6 +33,11 @@ def ss(sim: Simulation, steps, costs):
     yield from ar(sim, steps, costs)
 
 
+def lookup(sim: Simulation, steps, costs):
+    """Prompt lookup decoding: finding the n-gram is host work; one target pass verifies the chain."""
+    yield from ar(sim, steps, costs)
+
+
 def _with_heads(kind: str):
     def method(sim: Simulation, steps, costs):
         for step in sim.steps(steps):
@@ -86,4 +91,4 @@ def _prefill(sim: Simulation, step: Step, costs):
 
 
 #: Method name -> process. `mirror+ss` is `mirror` on records whose draft passes emit several tokens.
-METHODS = {"ar": ar, "sd": sd, "ss": ss, "medusa": medusa, "eagle": eagle, "mirror": mirror, "mirror+ss": mirror}
+METHODS = {"ar": ar, "sd": sd, "lookup": lookup, "ss": ss, "medusa": medusa, "eagle": eagle, "mirror": mirror, "mirror+ss": mirror}

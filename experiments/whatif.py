@@ -63,8 +63,9 @@ def _system(study: str, x):
     """(SimConfig, κ, depth) of one point."""
     import hwmodels
     from simulator import Group, SimConfig
+    from simulator.config import TESTBED
 
-    base = SimConfig()
+    base = SimConfig(link=TESTBED["link"])
     n_layers = hwmodels.get_model(base.target_model).n_layers
     if study == "npu":
         npu = hwmodels.get_device(base.draft.device).scaled(x)

@@ -36,7 +36,7 @@ from .batching import _merge
 from .config import SimConfig, kappa_for_batch, ss_streams_for_batch
 from .costs import HardwareCosts
 from .engine import Simulation
-from .errors import InputError
+from .errors import InputError, read_text
 from .methods import METHODS
 from .simulate import _check_method, shape_for
 from .workload import Outcomes, Workload, _prefill_record, _step_shaper, outcomes_of, synthesize_outcomes
@@ -74,13 +74,7 @@ def check_arrivals(times, source: str = "arrivals") -> np.ndarray:
 
 def read_arrivals(path: str | Path) -> np.ndarray:
     """An arrival trace: one time in seconds per line (blank lines and # comments skipped)."""
-    from refimpl.errors import InputError as FileError
-    from refimpl.errors import read_text
-
-    try:
-        text = read_text(path, "--arrivals")
-    except FileError as exc:
-        raise InputError(str(exc)) from None
+    text = read_text(path, "--arrivals")
     times = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         line = line.split("#", 1)[0].strip()

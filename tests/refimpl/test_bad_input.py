@@ -260,3 +260,57 @@ def test_checkpoint_with_a_lying_header_is_refused_by_size(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20
+
+
+# -- reference files (`oracle check --reference/--candidate`): found by the fuzzer -------------------
+
+def _reference(temperature: float):
+    from refimpl.model import Model
+    from refimpl.oracle import reference
+    from refimpl.sampling import SamplingSettings
+
+    model = Model.from_dense(CONFIG, random_weights(CONFIG, 3))
+    return reference(model, [1, 5], SamplingSettings(temperature=temperature, seed=1, ignore_eos=False), 8)
+
+
+def test_a_candidate_running_past_the_reference_stop_is_described():
+    from refimpl.oracle import compare
+
+    ref = dict(_reference(0.0), stop_reason="eos")   # as if the last token were the stop token
+    verdict = compare(ref, {"tokens": ref["tokens"] + [7]})
+    assert verdict.status == "diverged" and verdict.expected is None and verdict.margin is None
+    assert "expected the end, got 7" in verdict.describe()
+
+
+def test_a_sampled_reference_token_outside_the_top5_is_no_crash():
+    from refimpl.oracle import compare
+
+    ref = _reference(1.0)
+    ref["top5"][2] = [pair for pair in ref["top5"][2] if pair[0] != ref["tokens"][2]][:4] or [[299, 0.0]]
+    wrong = ref["tokens"][:2] + [(ref["tokens"][2] + 1) % 300] + ref["tokens"][3:]
+    verdict = compare(ref, {"tokens": wrong})
+    assert verdict.status == "diverged" and verdict.index == 2 and verdict.margin is None
+    assert "got" in verdict.describe()
+
+
+@pytest.mark.parametrize("field,value", [("tokens", "x"), ("top5", None), ("id", [1]), ("logprobs", [1]),
+                                         ("settings", {"temperature": "hot"}), ("prompt_ids", None)])
+def test_malformed_reference_records_are_refused(tmp_path, field, value):
+    from refimpl.oracle import check_files
+
+    ref = _reference(0.0)
+    (tmp_path / "cand.jsonl").write_text(json.dumps({"id": ref["id"], "tokens": ref["tokens"]}))
+    (tmp_path / "ref.jsonl").write_text(json.dumps(dict(ref, **{field: value})))
+    with pytest.raises(InputError, match=f"--reference .*ref.jsonl:1: .*{field}"):
+        check_files(tmp_path / "ref.jsonl", tmp_path / "cand.jsonl")
+
+
+def test_candidate_logprobs_too_large_for_a_float_are_refused(tmp_path):
+    from refimpl.oracle import check_files
+
+    ref = _reference(0.0)
+    (tmp_path / "ref.jsonl").write_text(json.dumps(ref))
+    (tmp_path / "cand.jsonl").write_text(json.dumps({"id": ref["id"], "tokens": ref["tokens"],
+                                                     "logprobs": [10 ** 400]}))
+    with pytest.raises(InputError, match="logprobs must be a list of numbers"):
+        check_files(tmp_path / "ref.jsonl", tmp_path / "cand.jsonl")

@@ -42,6 +42,7 @@ class Llama2cTokenizer:
     def encode(self, text: str) -> list[int]:
         if not text:
             return []
+        _check_utf8(text)
         ids: list[int] = []
         for char in " " + text:
             piece = char.encode("utf-8")
@@ -162,7 +163,7 @@ class SentencePieceTokenizer:
         return piece
 
     def encode(self, text: str) -> list[int]:
-        return list(self.sp.EncodeAsIds(text)) if text else []
+        return list(self.sp.EncodeAsIds(_check_utf8(text))) if text else []
 
     def piece_bytes(self, token: int, previous: int | None) -> bytes:
         if token in (BOS_ID, EOS_ID) or self.sp.IsControl(token):
@@ -177,6 +178,16 @@ class SentencePieceTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self.sp.DecodeIds([int(i) for i in ids])
+
+
+def _check_utf8(text: str) -> str:
+    """`text`, or an InputError when it holds lone surrogates (undecodable bytes from argv,
+    or "\\udcff" escapes in JSON) and so has no UTF-8 spelling to tokenize."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"text to tokenize is not valid UTF-8 (a stray byte at character {exc.start})") from None
+    return text
 
 
 def load_tokenizer(path: str | Path, vocab_size: int | None = None):

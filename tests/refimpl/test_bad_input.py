@@ -206,7 +206,8 @@ def test_oracle_refuses_a_token_file_of_another_prompt(capsys, tmp_path):
 
 @pytest.mark.parametrize("content,needle", [("[1, 300]", "token id 300"), ("[-1]", "token id -1"),
                                             ("[" * 100_000, "nested too deeply"), ("\xff", "--tokens"),
-                                            ("1\n" * (5 << 20), "larger than")])
+                                            ("1\n" * (5 << 20), "larger than")],
+                         ids=["id-past-vocab", "negative-id", "deep-nesting", "not-utf8", "10-MiB"])
 def test_oracle_bad_token_files_exit_2_never_1(capsys, tmp_path, content, needle):
     (tmp_path / "t").write_bytes(content.encode("latin-1"))
     one_line_error(capsys, [*ORACLE, "--tokens", str(tmp_path / "t")], needle)

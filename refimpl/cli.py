@@ -17,7 +17,7 @@ from refimpl import oracle
 from refimpl.oracle import check, check_ids, read_token_file
 from refimpl.sampling import SamplingSettings
 from refimpl.tokenizer import BOS_ID, StreamDecoder, load_tokenizer
-from refimpl.trace import TraceHeader, write_trace
+from refimpl.trace import TraceHeader, mean_accepted, write_trace
 
 
 def register(subparsers) -> None:
@@ -33,6 +33,9 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     p.set_defaults(func=run_generate)
     register_oracle(subparsers)
+    from refimpl import train_cli
+
+    train_cli.register(subparsers)
 
 
 def add_method_options(p: argparse.ArgumentParser) -> None:
@@ -42,11 +45,13 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     draft.add_argument("--draft", metavar="PATH", help="sd, mirror: draft checkpoint with the target's vocabulary")
     draft.add_argument("--draft-layers", type=int, metavar="K",
                        help="sd, mirror: draft = the target's first K layers with its final norm and classifier")
-    g.add_argument("--gamma", type=int, default=4,
-                   help="sd, lookup, mirror: tokens proposed per step, tree depth (default 4)")
-    g.add_argument("--tree-k", type=int, default=1, help="sd: children per tree node (default 1: a chain)")
+    g.add_argument("--gamma", type=int, help="sd, lookup, mirror: tokens proposed per step, tree depth (default 4); "
+                                             "ss, medusa: streams/heads used (default: all trained)")
+    g.add_argument("--tree-k", type=int, help="sd: children per tree node (default 1: a chain); "
+                                              f"ss, medusa: top-k per level (default {SS_TREE_K})")
     g.add_argument("--verify", choices=("match", "rejection"), default="match",
-                   help="sd: exact match (default; ar's very tokens) or rejection sampling (ar's distribution)")
+                   help="sd, ss, medusa: exact match (default; ar's very tokens) or rejection sampling "
+                        "(ar's distribution)")
     g.add_argument("--ngram", type=int, default=2, help="lookup: longest n-gram to look up (default 2)")
     g.add_argument("--exit-layer", type=int, metavar="L",
                    help="mirror: early-exit layer of the target, 1..N-1 (default N/2)")
@@ -55,6 +60,15 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
                    help="mirror: branch rollouts per step at most, the likeliest kept (default all: kappa*(gamma+1))")
     g.add_argument("--overlap", action="store_true",
                    help="mirror: run the draft's rollouts on a second thread beside the target's last layers")
+    g.add_argument("--streams", metavar="FILE",
+                   help="ss: stream parameters (default: the shipped ones for the model, refimpl/data)")
+    g.add_argument("--heads", metavar="FILE", help="medusa: heads (default: the shipped ones for the model)")
+    g.add_argument("--schedule", choices=("deferred", "fused"), default="deferred",
+                   help="ss: streams of the accepted node after verification (default; same bits, cheaper) "
+                        "or of every node inside the pass (the paper's fused pass)")
+    g.add_argument("--prune-threshold", type=float, default=SS_PRUNE_THRESHOLD,
+                   help=f"ss: drop tree children whose early-exit transition probability is below this, "
+                        f"in [0, 1] (default {SS_PRUNE_THRESHOLD}: no pruning)")
 
 
 def method_params(args, model) -> tuple[dict, dict, object]:
@@ -67,18 +81,43 @@ def method_params(args, model) -> tuple[dict, dict, object]:
             draft = model.first_layers(args.draft_layers)
         else:
             raise InputError(f"--method {args.method} needs a draft: --draft PATH or --draft-layers K")
+        gamma = 4 if args.gamma is None else args.gamma
         if args.method == "mirror":
             exit_layer = model.config.n_layers // 2 if args.exit_layer is None else args.exit_layer
-            params = dict(gamma=args.gamma, exit_layer=exit_layer, kappa=args.kappa,
+            params = dict(gamma=gamma, exit_layer=exit_layer, kappa=args.kappa,
                           max_branches=args.max_branches, overlap=args.overlap)
         else:
-            params = dict(gamma=args.gamma, tree_k=args.tree_k, verify=args.verify)
+            params = dict(gamma=gamma, tree_k=1 if args.tree_k is None else args.tree_k, verify=args.verify)
         header = dict(params, draft_layers=args.draft_layers) if args.draft_layers else dict(params)
         return dict(params, draft=draft), header, draft
     if args.method == "lookup":
-        params = dict(gamma=args.gamma, ngram=args.ngram)
+        params = dict(gamma=4 if args.gamma is None else args.gamma, ngram=args.ngram)
         return params, dict(params), None
+    if args.method in ("ss", "medusa"):
+        return self_drafting_params(args, model)
     return {}, {}, None
+
+
+SS_TREE_K = 1
+SS_PRUNE_THRESHOLD = 0.0
+
+
+def self_drafting_params(args, model) -> tuple[dict, dict, None]:
+    """ss and medusa: the stream or head parameters (the shipped ones by default) and settings."""
+    from refimpl.decoding.medusa import load_heads
+    from refimpl.streams import load_streams, shipped
+
+    tree_k = SS_TREE_K if args.tree_k is None else args.tree_k
+    params = dict(gamma=args.gamma, tree_k=tree_k, verify=args.verify)
+    if args.method == "ss":
+        path = args.streams or shipped(model, "streams")
+        params.update(schedule=args.schedule, prune_threshold=args.prune_threshold)
+        loaded = dict(streams=load_streams(path, model))
+    else:
+        path = args.heads or shipped(model, "heads")
+        loaded = dict(heads=load_heads(path, model))
+    gamma = next(iter(loaded.values())).gamma if args.gamma is None else args.gamma
+    return dict(params, **loaded), dict(params, gamma=gamma, file=str(path)), None
 
 
 def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -187,7 +226,7 @@ def warm_up(model) -> None:
 
 def run_generate(args) -> int:
     model, tokenizer, prompt_ids, settings, startup_s = load_inputs(args, warm=False)
-    if args.method != "ar" and args.gamma >= model.config.seq_len:   # before any method sizes a window by it
+    if args.gamma is not None and args.gamma >= model.config.seq_len:   # before any method sizes a window by it
         raise InputError(f"--gamma {args.gamma}: must be below the model's sequence length {model.config.seq_len}")
     params, header_params, draft = method_params(args, model)
     steps = METHODS[args.method](model, prompt_ids, settings, args.max_new_tokens, **params)  # checks params
@@ -231,9 +270,9 @@ def run_generate(args) -> int:
 
 
 def generation_stats(model, result, startup_s: float) -> dict:
-    """The --json stats. mean_accepted counts the tokens each target pass committed, the
-    bonus/correction token included (accepted + 1; Spec-Bench's "mean accepted tokens"; 1.0
-    for ar); acceptance_histogram maps that count to the number of passes with it."""
+    """The --json stats. mean_accepted: `refimpl.trace.mean_accepted` (tokens per decoding pass,
+    bonus included, prefill left out; 1.0 for ar); acceptance_histogram maps that count to the
+    number of target passes with it (the prefill's counted as 1)."""
     seconds = max(result.seconds, 1e-9)
     lengths = [r.accepted + 1 for r in result.records]
     histogram = {str(n): lengths.count(n) for n in sorted(set(lengths))}
@@ -243,7 +282,7 @@ def generation_stats(model, result, startup_s: float) -> dict:
         "seconds": result.seconds,
         "target_calls": result.target_calls,
         "draft_calls": result.draft_calls,
-        "mean_accepted": sum(lengths) / len(lengths) if lengths else 0.0,
+        "mean_accepted": mean_accepted(result.records),
         "acceptance_histogram": histogram,
         "weight_gb_per_s": model.weight_bytes() * result.target_calls / seconds / 1e9,
         "stop_reason": result.stop_reason,

@@ -325,10 +325,11 @@ def run_oracle_check(args) -> int:
         raise InputError("oracle check needs --model, --prompt or --prompt-ids, and --tokens "
                          "(or --reference REF.jsonl --candidate THEIRS.jsonl)")
     their = read_token_file(args.tokens)
-    model, _, prompt_ids, settings, _ = load_inputs(args)
+    model, _, prompt_ids, settings, _ = load_inputs(args, warm=False)
     if their.prompt_ids is not None and their.prompt_ids != prompt_ids:
         raise InputError(f"--tokens {args.tokens}: its prompt_ids {_abbreviate(their.prompt_ids)} differ from "
                          f"the prompt given, {_abbreviate(prompt_ids)}")
+    check_ids(their.tokens, model.config.vocab_size, "--tokens")
     report = check(model, prompt_ids, their.tokens, settings)
     print(json.dumps(report.to_dict()) if args.json else report.describe())
     return 0 if report.equal else 1

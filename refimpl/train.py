@@ -365,17 +365,18 @@ class Adam:
 # -- data ------------------------------------------------------------------------------------
 
 def self_distilled(model, n_sequences: int, length: int, seed: int = 0, progress=None) -> list[list[int]]:
-    """Text the target writes itself: BOS, a few tokens sampled at temperature 1 (varied
-    openings, one seed each), then its greedy continuation; `length` tokens each at most
-    (a story may end earlier, at EOS/BOS)."""
+    """Text the target writes itself: BOS, an opening of 8-23 tokens sampled at temperature 1
+    (one seed each: the first few tokens alone are nearly always "Once upon a time"), then
+    its greedy continuation; `length` tokens each at most (a story may end earlier)."""
     from refimpl.decoding import autoregressive, generate
     from refimpl.sampling import SamplingSettings
     from refimpl.tokenizer import BOS_ID
 
     out = []
     for i in range(n_sequences):
-        opening = generate(autoregressive(model, [BOS_ID], SamplingSettings(temperature=1.0, seed=seed * 100003 + i),
-                                          4), [BOS_ID]).tokens
+        key = seed * 100003 + i
+        opening = generate(autoregressive(model, [BOS_ID], SamplingSettings(temperature=1.0, seed=key),
+                                          8 + key % 16), [BOS_ID]).tokens
         prompt = [BOS_ID] + opening
         rest = generate(autoregressive(model, prompt, SamplingSettings(), length - len(prompt)), prompt).tokens
         out.append(prompt + rest)

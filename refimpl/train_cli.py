@@ -20,11 +20,14 @@ def register(subparsers) -> None:
                                           "Streaming; the base model stays frozen (lossless).")
     add_options(p, "streams")
     p.add_argument("--stream-layers", type=int, default=2, help="N_s: layers with streams (default 2)")
+    p.add_argument("--eta", type=int, default=16,
+                   help="rank of the low-rank stream initialisation f_eta on stream rows (Eq. 3; 0: identity, "
+                        "the stream embeddings alone; default 16)")
     p.set_defaults(func=run_train, kind="streams")
     h = subparsers.add_parser("train-heads", help="train Medusa-1 heads for a checkpoint (CPU, minutes)",
                               description="Train Medusa-1 heads (a residual block each, the shared classifier).")
     add_options(h, "heads")
-    h.set_defaults(func=run_train, kind="heads", stream_layers=1)
+    h.set_defaults(func=run_train, kind="heads", stream_layers=1, eta=0)
 
 
 def add_options(p, what: str) -> None:
@@ -50,6 +53,8 @@ def check(args) -> None:
                              ("--sequences", args.sequences, 1)):
         if value < low:
             raise InputError(f"{name} {value}: must be >= {low}")
+    if not 0 <= args.eta <= 64:
+        raise InputError(f"--eta {args.eta}: must be between 0 and 64")
     if args.gamma > 8:
         raise InputError(f"--streams/--heads {args.gamma}: at most 8")
     if not (0.0 < args.lr < 1.0):
@@ -72,7 +77,7 @@ def run_train(args) -> int:
     if args.seq_len > model.config.seq_len:
         raise InputError(f"--seq-len {args.seq_len}: the model's sequence length is {model.config.seq_len}")
     settings = TrainSettings(gamma=args.gamma, n_layers=args.stream_layers, steps=args.steps, lr=args.lr,
-                             batch=args.batch, seq_len=args.seq_len, seed=args.seed)
+                             batch=args.batch, seq_len=args.seq_len, seed=args.seed, eta=args.eta)
     state, sequences = None, None
     if args.resume:
         if not state_path(args.out).is_file():

@@ -72,13 +72,14 @@ def random_heads(model, gamma: int, seed: int = 0, scale: float = 0.5) -> Medusa
                        (scale * rng.standard_normal((gamma, dim))).astype(np.float32))
 
 
-def save_heads(path, heads: MedusaHeads, config: dict | None = None) -> None:
+def save_heads(path, heads: MedusaHeads, config: dict | None = None, dtype=np.float32) -> None:
+    """Write the heads as safetensors (dtype float16 halves the file: the shipped one)."""
     from safetensors.numpy import save_file
 
     metadata = {"format": FORMAT, "gamma": str(heads.gamma), "identity": json.dumps(heads.identity, sort_keys=True),
                 "config": json.dumps(config or {}, sort_keys=True)}
-    tensors = {"weights": np.ascontiguousarray(heads.weights, np.float32),
-               "biases": np.ascontiguousarray(heads.biases, np.float32)}
+    tensors = {"weights": np.ascontiguousarray(heads.weights, dtype),
+               "biases": np.ascontiguousarray(heads.biases, dtype)}
     if heads.vocabulary is not None:
         tensors["vocabulary"] = np.ascontiguousarray(heads.vocabulary, dtype=np.int32)
     save_file(tensors, str(path), metadata=metadata)

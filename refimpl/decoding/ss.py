@@ -213,8 +213,10 @@ def with_gamma(streams: Streams, gamma: int | None) -> Streams:
     """The first gamma streams (stream j's computation sees only streams <= j: same bits)."""
     if gamma is None or gamma == streams.gamma:
         return streams
+    down = None if streams.init_down is None else streams.init_down[:gamma]
+    up = None if streams.init_up is None else streams.init_up[:gamma]
     return Streams(streams.embeddings[:gamma], streams.n_layers, streams.prune_down, streams.prune_up,
-                   streams.identity, streams.vocabulary, streams.packed)
+                   streams.identity, streams.vocabulary, down, up)
 
 
 def speculative_streaming(model, prompt_ids, settings: SamplingSettings, max_new_tokens: int, streams=None,

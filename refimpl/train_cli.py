@@ -34,12 +34,13 @@ def add_options(p, what: str) -> None:
     p.add_argument("--model", required=True, help="checkpoint path, or a name in $MIRRORSTREAM_MODELS")
     p.add_argument("--streams" if what == "streams" else "--heads", dest="gamma", type=int, default=3,
                    help=f"number of {what} (default 3)")
-    p.add_argument("--steps", type=int, default=300, help="optimiser steps (default 300)")
-    p.add_argument("--lr", type=float, default=0.01, help="peak learning rate, decayed linearly (default 0.01)")
+    steps, lr = (60, 0.03) if what == "streams" else (80, 0.01)   # the shipped files' settings
+    p.add_argument("--steps", type=int, default=steps, help=f"optimiser steps (default {steps})")
+    p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate, decayed linearly (default {lr})")
     p.add_argument("--batch", type=int, default=4, help="sequences per step (default 4)")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per training sequence (default 128)")
-    p.add_argument("--sequences", type=int, default=64,
-                   help="self-distilled sequences the target writes (default 64; ignored with --data)")
+    p.add_argument("--seq-len", type=int, default=96, help="tokens per training sequence (default 96)")
+    p.add_argument("--sequences", type=int, default=40,
+                   help="self-distilled sequences the target writes (default 40; ignored with --data)")
     p.add_argument("--data", metavar="FILE", help="train on this text (paragraphs) instead of self-distillation")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and the initialisation (default 0)")
     p.add_argument("--resume", action="store_true", help="continue from OUT.state.npz")

@@ -29,10 +29,10 @@ def test_shipped_streams_give_ar_tokens_on_stories15m(model, settings, params):
     streams = load_streams(shipped(model, "streams"), model)
     gen = assert_same_as_ar("ss", model, PROMPT, settings, 48, streams=streams, **params)
     if settings.greedy and params["tree_k"] == 1:
-        assert len(gen.tokens) / gen.target_calls > 1.5    # trained: well above ar's 1.0
+        assert len(gen.tokens) / gen.target_calls > 1.15   # trained: above ar's 1.0 (random streams: ~1.0)
 
 
 def test_shipped_heads_give_ar_tokens_on_stories15m(model):
     heads = load_heads(shipped(model, "heads"), model)
     gen = assert_same_as_ar("medusa", model, PROMPT, SamplingSettings(), 48, heads=heads)
-    assert len(gen.tokens) / gen.target_calls > 1.3
+    assert len(gen.tokens) / gen.target_calls > 1.1

@@ -99,7 +99,7 @@ SS_TREE_K = 1
 SS_PRUNE_THRESHOLD = 0.0
 
 
-def self_drafting_params(args, model) -> tuple[dict, dict, None]:
+def self_drafting_params(args, model) -> tuple[dict, dict, object]:
     """ss and medusa: the stream or head parameters (the shipped ones by default) and settings."""
     from refimpl.decoding.medusa import load_heads
     from refimpl.streams import load_streams, shipped
@@ -113,8 +113,15 @@ def self_drafting_params(args, model) -> tuple[dict, dict, None]:
     else:
         path = args.heads or shipped(model, "heads")
         loaded = dict(heads=load_heads(path, model))
-    gamma = next(iter(loaded.values())).gamma if args.gamma is None else args.gamma
-    return dict(params, **loaded), dict(params, gamma=gamma, file=str(path)), None
+    spec = next(iter(loaded.values()))
+    gamma = spec.gamma if args.gamma is None else args.gamma
+    header = dict(params, gamma=gamma, file=str(path))
+    layers = spec.n_layers if args.method == "ss" else 1
+    if args.method == "ss":
+        header["stream_layers"] = layers
+    shape = model.first_layers(layers)    # the trace's draft: the shape the stream/head rows run through
+    shape.name = f"{model.name} streams (last {layers} layers)" if args.method == "ss" else f"{model.name} heads"
+    return dict(params, **loaded), header, shape
 
 
 def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None:

@@ -66,7 +66,21 @@ def test_calibrate_json(capsys, tmp_path):
     assert fitted["seconds"] == pytest.approx(out["points"][3]["fitted_s"], rel=1e-9)
 
 
+def test_step_json_adds_up_and_matches_the_api(capsys):
+    import hwmodels
+    out = run_json(capsys, "step", "--method", "eagle", "--device", "a100-80gb", "--model", "vicuna-7b",
+                   "--tokens", "26", "--context", "512", "--draft-rows", "4,4,8,8,3")
+    assert out["seconds"] == pytest.approx(sum(out["parts"].values()))
+    assert out["seconds"] == pytest.approx(hwmodels.step_seconds("eagle", "vicuna-7b", "a100-80gb", 26, 512,
+                                                                 draft_rows=(4, 4, 8, 8, 3)), rel=1e-12)
+    assert out["ratio_to_ar"] == pytest.approx(out["seconds"] / out["ar_seconds"]) and out["ratio_to_ar"] > 1.2
+
+
 @pytest.mark.parametrize("argv, match", [
+    (["step", "--method", "eagle", "--device", "a100", "--model", "vicuna-7b", "--draft-rows", "4,x"],
+     "--draft-rows: expected comma-separated"),
+    (["step", "--method", "sd", "--device", "a100", "--model", "vicuna-7b", "--draft-rows", "1"], "--draft-model:"),
+    (["step", "--method", "medusa", "--device", "a100", "--model", "vicuna-7b", "--heads", "0"], "heads: medusa needs"),
     (["latency", "--device", "tpu-v9", "--model", "qwen3-32b"], "unknown device 'tpu-v9' (known: a100-40gb"),
     (["latency", "--device", "h100", "--model", "gpt-5"], "unknown model 'gpt-5' (known: codellama-34b"),
     (["latency", "--device", "h100", "--model", "qwen3-32b", "--tokens", "0"], "tokens: must be >= 1"),

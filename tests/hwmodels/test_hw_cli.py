@@ -106,6 +106,9 @@ HEADER = "device,model,n,L,B,G,seconds\n"
     (HEADER.encode() + b"# a comment\nh100-sxm,qwen3-32b,1,0,1,1,1e300\n", "line 3: column seconds = 1e300 is beyond"),
     (HEADER.encode() + b"h100-sxm,qwen3-32b,1,0,1,1,0.02\nh100-sxm,qwen3-32b,1,0,1,1,0.\xe9\n", "line 3: not UTF-8"),
     (HEADER.encode() + b"h100-sxm,qwen3-32b,1,0,1,1,0.02\n", "1 measurement(s) for 2 free parameter(s)"),
+    (HEADER.encode() + b"h100-sxm,qwen3-32b,1,0,1,1,0.03\nh100-sxm,qwen3-32b,1,900,1,1,0.031\n"
+     b"h100-sxm,qwen3-32b,1,2000,1,1,0.032\nh100-sxm,qwen3-32b,1,3000,1,1,0.033\na100,qwen3-32b,1,0,1,1,0.05\n",
+     "device a100-80gb has 1 measurement(s) for its 2 parameter(s)"),
     (HEADER.encode() + b"h100-sxm,qwen3-32b,1,0,1,1,0.02\nh100-sxm,qwen3-32b,1,100,1,1,0.0201\n"
      b"h100-sxm,nomodel,1,0,1,1,0.02\n", "line 4: model: unknown model 'nomodel'"),
     # Qwen3-32B in fp16 is 65.5 GB: reading it in 1 ms needs 65 TB/s, 20x the H100's 3.35 TB/s.

@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 
 from .batching import Step
-from .config import SimConfig
+from .config import SimConfig, check_tensor_parallel, default_link
 from .errors import InputError
 
 #: Token channel payload per candidate: an int32 id and a bf16 log-prob (mirror-sd.md §3.1, §13).
@@ -43,7 +43,7 @@ class HardwareCosts:
         self.draft_shape = hwmodels.get_model(config.draft_model)
         self.target_device = hwmodels.get_device(config.target.device)
         self.draft_device = hwmodels.get_device(config.draft.device)
-        self.link = hwmodels.get_link(config.link)
+        self.link = hwmodels.get_link(config.link or default_link(self.target_device, self.draft_device))
         self.n_layers = self.target_shape.n_layers
         self.exit_layer = config.exit_layer if config.exit_layer is not None else self.n_layers // 2
         if not 1 <= self.exit_layer < self.n_layers:
@@ -61,6 +61,7 @@ class HardwareCosts:
         """The devices support the dtypes and hold the weights (hwmodels' checks, one-line errors)."""
         groups = ((self.target_shape, self.target_device, self.config.target, self.config.dtype, "target"),
                   (self.draft_shape, self.draft_device, self.config.draft, self.draft_dtype, "draft"))
+        check_tensor_parallel(self.target_shape, self.config.target.tp, "--tp")
         for shape, device, group, dtype, role in groups:
             if not device.supports(dtype):
                 raise InputError(f"--{role}-hw: device {device.key} does not support {dtype} "

@@ -16,7 +16,7 @@ from refimpl.errors import InputError
 from refimpl import oracle
 from refimpl.oracle import check, read_token_file
 from refimpl.sampling import SamplingSettings
-from refimpl.tokenizer import BOS_ID, StreamDecoder, load_tokenizer
+from refimpl.tokenizer import StreamDecoder, load_tokenizer
 from refimpl.trace import TraceHeader, write_trace
 
 
@@ -129,7 +129,8 @@ def load_inputs(args):
     if args.prompt is not None:
         if tokenizer is None:
             raise InputError(f"--prompt needs a tokenizer: none beside {path}; give --tokenizer")
-        prompt_ids = [BOS_ID] + tokenizer.encode(args.prompt)
+        bos = [] if model.config.bos_id is None else [model.config.bos_id]
+        prompt_ids = bos + tokenizer.encode(args.prompt)
     else:
         prompt_ids = parse_ids(args.prompt_ids)
     model.check_tokens(np.asarray(prompt_ids), np.zeros(len(prompt_ids), dtype=np.int64))
@@ -139,7 +140,7 @@ def load_inputs(args):
 
 def warm_up(model) -> None:
     """One tiny pass, so that numba compiles (first use) or loads its cache before timing."""
-    model.forward([BOS_ID], [0], model.new_cache(2))
+    model.forward([0], [0], model.new_cache(2))
 
 
 def run_generate(args) -> int:
@@ -220,6 +221,7 @@ def register_oracle(subparsers) -> None:
     c.add_argument("--tokens", metavar="FILE",
                    help="their generated ids: a JSON list (or generate --json output) or one id per line")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.add_argument("--ignore-eos", action="store_true", help="the reference decodes past BOS/EOS")
     add_reference_check_options(c)
     c.set_defaults(func=run_oracle_check)
     register_oracle_reference(sub)
@@ -284,6 +286,8 @@ def register_oracle_reference(sub) -> None:
     r.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
     r.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (1: off)")
     r.add_argument("--seed", type=int, default=0, help="seed of the position-keyed sampler")
+    r.add_argument("--ignore-eos", action="store_true",
+                   help="decode past BOS/EOS as ordinary tokens (as llama.cpp's and vLLM's ignore_eos)")
     r.add_argument("--threads", type=int, help="numba threads (default: all cores)")
     r.set_defaults(func=run_oracle_reference)
 
@@ -291,7 +295,7 @@ def register_oracle_reference(sub) -> None:
 def run_oracle_reference(args) -> int:
     set_threads(args.threads)
     settings = SamplingSettings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                                **({"ignore_eos": True} if getattr(args, "ignore_eos", False) else {}))
+                                ignore_eos=args.ignore_eos)
     path = resolve_model(args.model)
     model = load_model(path)
     tokenizer_path = args.tokenizer or find_tokenizer(path)

@@ -37,10 +37,17 @@ class ModelConfig:
     rope_scaling: tuple[tuple[str, object], ...] | None = None  # refimpl.rope: e.g. (("rope_type", "llama3"), ...)
     bos_id: int | None = 1            # prepended to text prompts (None: nothing)
     eos_ids: tuple[int, ...] = (2,)   # end-of-sequence ids
+    stop_at_bos: bool = True          # llama2.c's run.c also stops at BOS; Hugging Face models do not
 
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_heads
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """The ids that end generation (unless ignore_eos): EOS, and BOS where stop_at_bos."""
+        bos = (self.bos_id,) if self.stop_at_bos and self.bos_id is not None else ()
+        return tuple(self.eos_ids) + bos
 
     @property
     def kv_dim(self) -> int:

@@ -22,7 +22,6 @@ import numpy as np
 from refimpl.decoding import autoregressive, generate
 from refimpl.errors import InputError, read_text
 from refimpl.sampling import SamplingSettings, sample
-from refimpl.tokenizer import BOS_ID, EOS_ID
 
 
 @dataclass
@@ -57,8 +56,7 @@ def check(model, prompt_ids, tokens, settings: SamplingSettings) -> OracleReport
     first len(tokens) sampled tokens. A stop token (EOS/BOS) that ended the reference counts
     as a token, so their list may end with it or leave it out."""
     tokens = [int(t) for t in tokens]
-    result = generate(autoregressive(model, list(prompt_ids), settings, len(tokens)), prompt_ids)
-    ours = result.tokens + {"eos": [EOS_ID], "bos": [BOS_ID]}.get(result.stop_reason, [])
+    ours = reference(model, prompt_ids, settings, len(tokens))["tokens"]
     for index, got in enumerate(tokens):
         expected = ours[index] if index < len(ours) else None
         if got != expected:

@@ -134,7 +134,7 @@ def read_hf_config(folder: Path) -> ModelConfig:
         dim=dim, hidden_dim=integer("intermediate_size"), n_layers=integer("num_hidden_layers"),
         n_heads=n_heads, n_kv_heads=integer("num_key_value_heads", n_heads), vocab_size=integer("vocab_size"),
         seq_len=seq_len, shared_classifier=bool(raw.get("tie_word_embeddings", False)), norm_eps=float(eps),
-        rope_theta=theta, rope_scaling=scaling, bos_id=bos, eos_ids=eos)
+        rope_theta=theta, rope_scaling=scaling, bos_id=bos, eos_ids=eos, stop_at_bos=False)
     config.validate(str(where))
     return config
 
@@ -272,6 +272,7 @@ def write_hf(path: str | os.PathLike, config: ModelConfig, weights: dict, dtype:
             tensors[name] = weights[dense]
     raw = hf_config_dict(config)
     (folder / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
-    generation = {"bos_token_id": raw["bos_token_id"], "eos_token_id": raw["eos_token_id"]}
+    stops = list(config.stop_ids)  # a llama2.c model also stops at BOS: generation_config says so
+    generation = {"bos_token_id": raw["bos_token_id"], "eos_token_id": stops[0] if len(stops) == 1 else stops}
     (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     write_safetensors(folder / SINGLE_NAME, tensors, dtype, metadata={"format": "pt"})

@@ -71,12 +71,7 @@ def test_32_greedy_tokens_match(pair):
         out = theirs.generate(torch.tensor([prompt]), max_new_tokens=32, min_new_tokens=32, do_sample=False,
                               eos_token_id=None, pad_token_id=0)
     expected = out[0, len(prompt):].tolist()
-    ids, cache = list(prompt), ours.new_cache()
-    logits = ours.forward(ids, np.arange(len(ids)), cache)[-1]
-    got = []
-    for _ in range(32):
-        got.append(int(np.argmax(logits)))
-        logits = ours.forward([got[-1]], [len(prompt) + len(got) - 1], cache)[0]
+    got = generate(autoregressive(ours, prompt, SamplingSettings(ignore_eos=True), 32), prompt).tokens
     assert got == expected
 
 

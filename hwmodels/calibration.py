@@ -50,7 +50,7 @@ PHYSICAL_TOLERANCE = 0.02
 
 #: Largest values a table may hold: a forward pass longer than an hour, or
 #: shapes beyond these, are typing errors, not measurements.
-LIMITS = {"seconds": 3600.0, "n": 10**7, "L": 10**8, "B": 10**6, "G": 4096}
+LIMITS = {"seconds": 3600.0, "ratio_to_ar": 1000.0, "n": 10**7, "draft_rows": 10**7, "L": 10**8, "B": 10**6, "G": 4096}
 
 #: A table larger than this is not a measurement table.
 MAX_TABLE_BYTES = 16 * 2**20

@@ -17,6 +17,7 @@ linear weights are packed once into the batch-invariant tile layout.
 """
 from __future__ import annotations
 
+import math
 import os
 import struct
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from refimpl import formats
-from refimpl.errors import InputError
+from refimpl.errors import InputError, regular_file_size
 from refimpl.model import Model, ModelConfig
 
 MAGIC = 0x616B3432
@@ -34,14 +35,10 @@ LEGACY_HEADER_BYTES = 28
 
 def read_config(path: Path) -> tuple[ModelConfig, int, str]:
     """(config, byte offset of the first weight, format name) from a checkpoint header."""
+    size = _checkpoint_size(path)
     try:
-        size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(HEADER_V1_BYTES)
-    except FileNotFoundError:
-        raise InputError(f"{path}: checkpoint file not found") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, not a checkpoint file") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read checkpoint ({exc.strerror})") from None
     if len(head) < LEGACY_HEADER_BYTES:
@@ -64,6 +61,14 @@ def read_config(path: Path) -> tuple[ModelConfig, int, str]:
         fmt, offset = "llama2c-legacy", LEGACY_HEADER_BYTES
     config.validate(str(path))
     return config, offset, fmt
+
+
+def _checkpoint_size(path: Path) -> int:
+    """The size of a checkpoint file; InputError when it is missing or not a regular file
+    (a FIFO would block the open, a device would never end)."""
+    if not path.exists() and not path.is_symlink():
+        raise InputError(f"{path}: checkpoint file not found")
+    return regular_file_size(path, "checkpoint")
 
 
 def _config(values: tuple[int, ...], shared: bool) -> ModelConfig:
@@ -93,7 +98,11 @@ def _tensor_shapes(config: ModelConfig, fmt: str) -> list[tuple[str, tuple[int, 
 
 def load_model(path: str | os.PathLike) -> Model:
     """Load and validate a checkpoint: llama2.c (legacy or version 1), or a format of
-    refimpl.formats (a Hugging Face directory, a GGUF file)."""
+    refimpl.formats (a Hugging Face directory, a GGUF file).
+
+    Nothing is allocated before a llama2.c file's size matches the shape in its header,
+    and what the header alone decides (the RoPE tables of the version-1 format, which
+    does not store them) may be no larger than the file."""
     path = Path(path)
     fmt = formats.detect(path)
     if fmt is not None:
@@ -107,22 +116,32 @@ def read_llama2c(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     """(config, dense weights in Model.from_dense's names) of a llama2.c checkpoint, mapped."""
     config, offset, fmt = read_config(path)
     shapes = _tensor_shapes(config, fmt)
-    expected = offset + 4 * sum(int(np.prod(s)) for _, s in shapes)
+    expected = offset + 4 * sum(math.prod(s) for _, s in shapes)
     size = path.stat().st_size
     if size < expected:
         raise InputError(f"{path}: truncated checkpoint: {size} bytes, the header implies {expected}")
     if size > expected:
         raise InputError(f"{path}: oversized checkpoint: {size} bytes, the header implies {expected}")
+    rope_bytes = 4 * config.seq_len * config.head_dim   # float32 cos and sin, seq_len x head_dim/2 each
+    if rope_bytes > size:
+        raise InputError(f"{path}: seq_len={config.seq_len} would need {rope_bytes} bytes of RoPE tables, "
+                         f"more than the {size}-byte checkpoint itself; the header is implausible")
     data = np.memmap(path, dtype="<f4", mode="r", offset=offset, shape=((size - offset) // 4,))
     weights, at = {}, 0
     for name, shape in shapes:
-        count = int(np.prod(shape))
+        count = math.prod(shape)
         tensor = data[at:at + count].reshape(shape)
         at += count
-        if not np.isfinite(tensor).all():
+        if not _all_finite(tensor):
             raise InputError(f"{path}: tensor {name} holds non-finite values")
         weights[name] = tensor
     return config, weights
+
+
+def _all_finite(tensor: np.ndarray, chunk: int = 1 << 22) -> bool:
+    """np.isfinite(tensor).all(), a chunk at a time (no temporary as large as the tensor)."""
+    flat = tensor.reshape(-1)
+    return all(np.isfinite(flat[i:i + chunk]).all() for i in range(0, flat.size, chunk))
 
 
 def models_dir() -> Path:

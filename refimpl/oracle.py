@@ -23,6 +23,8 @@ from refimpl.decoding import autoregressive, generate
 from refimpl.errors import InputError, read_text
 from refimpl.sampling import SamplingSettings, sample
 
+MAX_TOKEN_FILE_BYTES = 8 << 20   # a --tokens file: 8 MiB holds a million ids, far past any sequence length
+
 
 @dataclass
 class OracleReport:
@@ -56,6 +58,7 @@ def check(model, prompt_ids, tokens, settings: SamplingSettings) -> OracleReport
     first len(tokens) sampled tokens. A stop token (EOS/BOS) that ended the reference counts
     as a token, so their list may end with it or leave it out."""
     tokens = [int(t) for t in tokens]
+    check_ids(tokens, model.config.vocab_size, "--tokens")
     ours = reference(model, prompt_ids, settings, len(tokens))["tokens"]
     for index, got in enumerate(tokens):
         expected = ours[index] if index < len(ours) else None
@@ -74,33 +77,65 @@ def _divergence(model, prompt_ids, ours, index, expected, got, compared) -> Orac
                         got=got, top5=top5, margin=margin)
 
 
-def read_token_file(path: str | Path) -> list[int]:
-    """Token ids from a file: a JSON list, a JSON object with "tokens" (`generate --json`
-    output), or one id per line."""
+@dataclass
+class TokenFile:
+    """What a --tokens file holds: the generated ids, and the prompt ids when the file
+    says them (`generate --json` output does)."""
+    tokens: list[int]
+    prompt_ids: list[int] | None = None
+
+
+def read_token_file(path: str | Path) -> TokenFile:
+    """Token ids from a file: a JSON list, a JSON object with "tokens" and optionally
+    "prompt_ids" (`generate --json` output), or one id per line."""
     path = Path(path)
-    text = read_text(path, "--tokens")
+    text = read_text(path, "--tokens", MAX_TOKEN_FILE_BYTES)
     try:
         value = json.loads(text)
-    except json.JSONDecodeError:
-        value = text.split()
-        if not all(_is_int_text(v) for v in value):
-            raise InputError(f"--tokens {path}: expected a JSON list of token ids or one id per line") from None
-        if not value:
-            raise InputError(f"--tokens {path}: no token ids")
-        return [int(v) for v in value]
-    if value == [] or value == {"tokens": []}:
-        raise InputError(f"--tokens {path}: no token ids")
+    except RecursionError:
+        raise InputError(f"--tokens {path}: JSON nested too deeply") from None
+    except ValueError:   # not JSON (or an integer too long to convert): one id per line
+        return TokenFile(_ids_per_line(path, text))
+    prompt_ids = None
     if isinstance(value, dict) and "tokens" in value:
+        if value.get("prompt_ids") is not None:
+            prompt_ids = _id_list(path, value["prompt_ids"], "prompt_ids")
         value = value["tokens"]
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
+    return TokenFile(_id_list(path, value, "tokens"), prompt_ids)
+
+
+def _id_list(path: Path, value, what: str) -> list[int]:
     if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         raise InputError(f"--tokens {path}: expected a JSON list of token ids or one id per line")
+    if not value:
+        raise InputError(f"--tokens {path}: no token ids" + ("" if what == "tokens" else f" in {what}"))
     return value
 
 
+def _ids_per_line(path: Path, text: str) -> list[int]:
+    words = text.split()
+    if not words:
+        raise InputError(f"--tokens {path}: no token ids")
+    if not all(_is_int_text(w) for w in words):
+        raise InputError(f"--tokens {path}: expected a JSON list of token ids or one id per line")
+    return [int(w) for w in words]
+
+
 def _is_int_text(text: str) -> bool:
-    return text.lstrip("-").isdigit()
+    """An optionally negative run of ASCII digits short enough for int() (which refuses
+    more than 4300 digits)."""
+    digits = text[1:] if text.startswith("-") else text
+    return 0 < len(digits) <= 4000 and digits.isascii() and digits.isdigit()
+
+
+def check_ids(ids, vocab_size: int, what: str) -> None:
+    """Raise InputError naming `what` for the first id outside [0, vocab_size)."""
+    for index, token in enumerate(ids):
+        if not 0 <= token < vocab_size:
+            raise InputError(f"{what}: token id {token} (at index {index}) is outside the model's "
+                             f"vocabulary of {vocab_size}")
 
 
 # -- reference files for other engines' CI (`oracle reference` / `oracle check --reference`) -------
@@ -126,8 +161,10 @@ def read_jsonl(path: str | Path, what: str) -> list[tuple[int, dict]]:
             continue
         try:
             value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{what} {path}:{number}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise InputError(f"{what} {path}:{number}: JSON nested too deeply") from None
+        except ValueError as exc:   # JSONDecodeError, or an integer too long to convert
+            raise InputError(f"{what} {path}:{number}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
         if not isinstance(value, dict):
             raise InputError(f"{what} {path}:{number}: expected a JSON object, got {type(value).__name__}")
         records.append((number, value))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -47,6 +48,7 @@ class Streams:
     prune_down: np.ndarray                 # (dim, PRUNE_RANK)
     prune_up: np.ndarray                   # (PRUNE_RANK, dim)
     identity: dict = field(default_factory=dict)   # the base model's, see model_identity
+    vocabulary: np.ndarray | None = None           # draft shortlist of token ids (None: all)
     packed: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -56,6 +58,9 @@ class Streams:
     def check_for(self, model, source: str = "streams") -> None:
         """Raise InputError naming `source` unless these streams fit `model`."""
         c = model.config
+        if self.vocabulary is not None and (self.vocabulary.ndim != 1 or len(self.vocabulary) == 0
+                                            or self.vocabulary.min() < 0 or self.vocabulary.max() >= c.vocab_size):
+            raise InputError(f"{source}: its draft vocabulary does not fit the model's {c.vocab_size} tokens")
         if self.embeddings.ndim != 2 or self.embeddings.shape[1] != c.dim:
             raise InputError(f"{source}: stream embeddings of shape {self.embeddings.shape} do not fit "
                              f"the model's hidden size {c.dim}")
@@ -75,13 +80,18 @@ class Streams:
                 raise InputError(f"{source}: trained for another model (weights checksum "
                                  f"{str(self.identity.get('checksum'))[:12]}…, this model's {mine['checksum'][:12]}…)")
 
+    def logits(self, model, hidden: np.ndarray) -> np.ndarray:
+        """Draft logits (n, vocab) of stream rows: final norm and classifier, restricted to the
+        shortlist when there is one (-inf elsewhere; proposals only, so still lossless)."""
+        return shortlist_logits(model, self.vocabulary, self.packed, hidden)
+
     def split(self, model) -> int:
         """The layer where the streams start, N - N_s."""
         return model.config.n_layers - self.n_layers
 
     def packed_adapter(self):
         """The pruning adapter packed for the batch-invariant matmul (cached)."""
-        if not self.packed:
+        if "down" not in self.packed:
             self.packed["down"] = kernels.pack_linear(np.ascontiguousarray(self.prune_down.T))
             self.packed["up"] = kernels.pack_linear(np.ascontiguousarray(self.prune_up.T))
         return self.packed["down"], self.packed["up"]
@@ -94,6 +104,33 @@ def random_streams(model, gamma: int, n_layers: int, seed: int = 0, scale: float
     return Streams(embeddings=(scale * rng.standard_normal((gamma, dim))).astype(np.float32), n_layers=n_layers,
                    prune_down=(rng.standard_normal((dim, PRUNE_RANK)) / np.sqrt(dim)).astype(np.float32),
                    prune_up=(scale * rng.standard_normal((PRUNE_RANK, dim)) / np.sqrt(PRUNE_RANK)).astype(np.float32))
+
+
+def shortlist_logits(model, vocabulary, packed: dict, hidden: np.ndarray) -> np.ndarray:
+    """Final norm + classifier on `hidden` (n, dim), computing only the rows of the classifier
+    in `vocabulary` (packed once into packed["classifier"]); the rest of the vocabulary gets -inf.
+    A frequency-ranked draft vocabulary as in FR-Spec (Zhao et al., 2025): the classifier is
+    most of a small model's cost, and draft logits need not be exact."""
+    if vocabulary is None:
+        return model.head(hidden)
+    normed = np.empty_like(hidden)
+    kernels.rmsnorm(hidden, model.final_norm, model.eps, normed)
+    return classifier_rows(model, vocabulary, packed, normed)
+
+
+def classifier_rows(model, vocabulary, packed: dict, x: np.ndarray) -> np.ndarray:
+    """x (n, dim) times the classifier, only its rows in `vocabulary` (all when None); -inf elsewhere."""
+    if vocabulary is None:
+        out = np.empty((len(x), model.classifier.shape[0] * kernels.TILE), np.float32)
+        kernels.matmul(np.ascontiguousarray(x, dtype=np.float32), model.classifier, out)
+        return out[:, :model.config.vocab_size]
+    if "classifier" not in packed:
+        packed["classifier"] = kernels.pack_linear(dense_classifier(model)[vocabulary])
+    small = np.empty((len(x), kernels.padded_width(len(vocabulary))), np.float32)
+    kernels.matmul(np.ascontiguousarray(x, dtype=np.float32), packed["classifier"], small)
+    out = np.full((len(x), model.config.vocab_size), -np.inf, np.float32)
+    out[:, vocabulary] = small[:, :len(vocabulary)]
+    return out
 
 
 # -- the base model's identity ------------------------------------------------------------------
@@ -174,7 +211,7 @@ def early_exit_probabilities(model, streams: Streams, split_hidden: np.ndarray) 
     kernels.matmul(np.ascontiguousarray(split_hidden), down, low)
     back = np.empty((len(split_hidden), kernels.padded_width(split_hidden.shape[1])), np.float32)
     kernels.matmul(np.ascontiguousarray(low[:, :PRUNE_RANK]), up, back)
-    logits = model.head(split_hidden + back[:, :split_hidden.shape[1]]).astype(np.float64)
+    logits = streams.logits(model, split_hidden + back[:, :split_hidden.shape[1]]).astype(np.float64)
     logits -= logits.max(axis=1, keepdims=True)
     probs = np.exp(logits)
     return probs / probs.sum(axis=1, keepdims=True)
@@ -218,9 +255,12 @@ def save_streams(path, streams: Streams, config: dict | None = None) -> None:
     metadata = {"format": FORMAT, "n_layers": str(streams.n_layers), "gamma": str(streams.gamma),
                 "identity": json.dumps(streams.identity, sort_keys=True),
                 "config": json.dumps(config or {}, sort_keys=True)}
-    save_file({"embeddings": np.ascontiguousarray(streams.embeddings, dtype=np.float32),
+    tensors = {"embeddings": np.ascontiguousarray(streams.embeddings, dtype=np.float32),
                "prune_down": np.ascontiguousarray(streams.prune_down, dtype=np.float32),
-               "prune_up": np.ascontiguousarray(streams.prune_up, dtype=np.float32)}, str(path), metadata=metadata)
+               "prune_up": np.ascontiguousarray(streams.prune_up, dtype=np.float32)}
+    if streams.vocabulary is not None:
+        tensors["vocabulary"] = np.ascontiguousarray(streams.vocabulary, dtype=np.int32)
+    save_file(tensors, str(path), metadata=metadata)
 
 
 def read_safetensors(path, kind: str, fmt: str, names: tuple[str, ...]) -> tuple[dict, dict]:
@@ -253,6 +293,29 @@ def read_safetensors(path, kind: str, fmt: str, names: tuple[str, ...]) -> tuple
     return tensors, metadata
 
 
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+def shipped(model, kind: str) -> Path:
+    """The shipped parameter file of `kind` ("streams" or "heads") for a model, by its name."""
+    path = DATA_DIR / f"{model.name}.{kind}.safetensors"
+    if not path.is_file():
+        option = "--streams" if kind == "streams" else "--heads"
+        raise InputError(f"no shipped {kind} for model {model.name!r}: train them (mirrorstream train-{kind}) "
+                         f"and give {option} FILE")
+    return path
+
+
+def vocabulary_of(tensors: dict, path) -> np.ndarray | None:
+    """The optional draft shortlist tensor, as sorted unique int64 ids."""
+    if "vocabulary" not in tensors:
+        return None
+    ids = tensors["vocabulary"]
+    if ids.dtype != np.int32 or ids.ndim != 1 or len(np.unique(ids)) != len(ids):
+        raise InputError(f"{path}: tensor 'vocabulary' must hold distinct int32 token ids")
+    return np.sort(ids.astype(np.int64))
+
+
 def load_streams(path, model) -> Streams:
     """Read a streams file and check it was trained for `model`."""
     tensors, metadata = read_safetensors(path, "streams", FORMAT, ("embeddings", "prune_down", "prune_up"))
@@ -261,6 +324,6 @@ def load_streams(path, model) -> Streams:
     except ValueError:
         raise InputError(f"{path}: missing or unreadable n_layers in its metadata") from None
     streams = Streams(tensors["embeddings"], n_layers, tensors["prune_down"], tensors["prune_up"],
-                      metadata["identity"])
+                      metadata["identity"], vocabulary_of(tensors, path))
     streams.check_for(model, str(path))
     return streams

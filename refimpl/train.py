@@ -82,6 +82,15 @@ class Frozen:
         self.final_norm = model.final_norm.astype(dtype)
         self.classifier = dense_classifier(model).astype(dtype)
         self.cos, self.sin = model.rope_cos.astype(dtype), model.rope_sin.astype(dtype)
+        self.label_index = np.arange(c.vocab_size)
+
+    def restrict(self, vocabulary) -> None:
+        """Softmax over `vocabulary` only (the tokens of the training text: the classifier,
+        most of the cost, shrinks tenfold; the labels are all in it)."""
+        vocabulary = np.unique(np.asarray(vocabulary, np.int64))
+        self.classifier = np.ascontiguousarray(self.classifier[vocabulary])
+        self.label_index = np.zeros(self.config.vocab_size, np.int64)
+        self.label_index[vocabulary] = np.arange(len(vocabulary))
 
 
 # -- building blocks, forward and backward ------------------------------------------------------
@@ -114,9 +123,10 @@ def softmax_xent(logits, labels, weight):
     p /= p.sum(axis=1, keepdims=True)
     rows = np.arange(len(labels))
     loss = -(weight * np.log(np.maximum(p[rows, labels], 1e-300))).sum()
-    p[rows, labels] -= 1.0
     correct = logits.argmax(axis=1) == labels
-    return loss, p * weight[:, None], correct
+    p[rows, labels] -= 1.0
+    p *= weight[:, None].astype(p.dtype)
+    return loss, p, correct
 
 
 def head_loss(frozen: Frozen, hidden, labels, weight, normed_input=False):
@@ -126,10 +136,31 @@ def head_loss(frozen: Frozen, hidden, labels, weight, normed_input=False):
         y, r = hidden, None
     else:
         y, r = rmsnorm(hidden, frozen.final_norm, frozen.eps)
-    loss, dlogits, correct = softmax_xent(y @ frozen.classifier.T, labels, weight)
+    loss, dlogits, correct = softmax_xent(y @ frozen.classifier.T, frozen.label_index[labels], weight)
     dy = dlogits.astype(frozen.dtype) @ frozen.classifier
     dh = dy if normed_input else rmsnorm_back(dy, hidden, frozen.final_norm, r)
     return loss, dh, correct
+
+
+def lin(x, w):
+    """x (..., in) @ w.T as one 2-D BLAS call."""
+    return (x.reshape(-1, x.shape[-1]) @ w.T).reshape(*x.shape[:-1], w.shape[0])
+
+
+def lin_t(dy, w):
+    """dy (..., out) @ w: the backward of lin."""
+    return (dy.reshape(-1, dy.shape[-1]) @ w).reshape(*dy.shape[:-1], w.shape[1])
+
+
+def bmm(a, b):
+    """Batched matmul over the leading axes, one 2-D BLAS call per matrix (several times
+    faster here than np.matmul's loop over stacks)."""
+    lead = a.shape[:-2]
+    a2, b2 = a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])
+    out = np.empty((a2.shape[0], a.shape[-2], b.shape[-1]), np.result_type(a, b))
+    for i in range(a2.shape[0]):
+        np.matmul(a2[i], b2[i], out=out[i])
+    return out.reshape(*lead, a.shape[-2], b.shape[-1])
 
 
 def heads_split(x, n_heads, head_dim):
@@ -152,14 +183,14 @@ def msa_layer(frozen: Frozen, w: dict, S, main_k, main_v):
     rep = H // KVH
     cos, sin = frozen.cos[:T], frozen.sin[:T]
     x1, r1 = rmsnorm(S, w["attn_norm"], frozen.eps)
-    q = rope(heads_split(x1 @ w["wq"].T, H, hd), cos, sin)
-    k = rope(heads_split(x1 @ w["wk"].T, KVH, hd), cos, sin)
-    v = heads_split(x1 @ w["wv"].T, KVH, hd)
+    q = rope(heads_split(lin(x1, w["wq"]), H, hd), cos, sin)
+    k = rope(heads_split(lin(x1, w["wk"]), KVH, hd), cos, sin)
+    v = heads_split(lin(x1, w["wv"]), KVH, hd)
     ks, vs = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)               # (B, H, T, G, hd)
     km = np.repeat(main_k.reshape(B, T, KVH, hd).transpose(0, 2, 1, 3), rep, axis=1).astype(S.dtype)
     vm = np.repeat(main_v.reshape(B, T, KVH, hd).transpose(0, 2, 1, 3), rep, axis=1).astype(S.dtype)
     scale = 1.0 / np.sqrt(hd)
-    s_main = (q.reshape(B, H, T * G, hd) @ km.transpose(0, 1, 3, 2)).reshape(B, H, T, G, T) * scale
+    s_main = bmm(q.reshape(B, H, T * G, hd), km.transpose(0, 1, 3, 2)).reshape(B, H, T, G, T) * scale
     s_own = np.einsum("bhtgd,bhtkd->bhtgk", q, ks) * scale
     main_ok = (np.arange(T)[None, :] <= np.arange(T)[:, None])[None, None, :, None, :]
     own_ok = np.tri(G, dtype=bool)[None, None, None]
@@ -167,13 +198,13 @@ def msa_layer(frozen: Frozen, w: dict, S, main_k, main_v):
     p = np.exp(scores - scores.max(axis=-1, keepdims=True))
     p /= p.sum(axis=-1, keepdims=True)
     p_main, p_own = p[..., :T], p[..., T:]
-    att = (p_main.reshape(B, H, T * G, T) @ vm).reshape(B, H, T, G, hd) + np.einsum("bhtgk,bhtkd->bhtgd", p_own, vs)
-    S1 = S + heads_merge(att) @ w["wo"].T
+    att = bmm(p_main.reshape(B, H, T * G, T), vm).reshape(B, H, T, G, hd) + np.einsum("bhtgk,bhtkd->bhtgd", p_own, vs)
+    S1 = S + lin(heads_merge(att), w["wo"])
     x2, r2 = rmsnorm(S1, w["ffn_norm"], frozen.eps)
-    a, b = x2 @ w["w1"].T, x2 @ w["w3"].T
+    a, b = lin(x2, w["w1"]), lin(x2, w["w3"])
     sig = 1.0 / (1.0 + np.exp(-a))
     act = a * sig * b
-    out = S1 + act @ w["w2"].T
+    out = S1 + lin(act, w["w2"])
     saved = dict(S=S, x1=x1, r1=r1, q=q, ks=ks, vs=vs, km=km, vm=vm, p=p, att=att, S1=S1, x2=x2, r2=r2,
                  a=a, b=b, sig=sig, act=act)
     return out, saved
@@ -188,30 +219,30 @@ def msa_layer_back(frozen: Frozen, w: dict, dout, s: dict):
     cos, sin = frozen.cos[:T], frozen.sin[:T]
     scale = 1.0 / np.sqrt(hd)
     # feed-forward
-    dact = dout @ w["w2"]
+    dact = lin_t(dout, w["w2"])
     a, b, sig = s["a"], s["b"], s["sig"]
     da = dact * b * sig * (1.0 + a * (1.0 - sig))
     db = dact * a * sig
-    dx2 = da @ w["w1"] + db @ w["w3"]
+    dx2 = lin_t(da, w["w1"]) + lin_t(db, w["w3"])
     dS1 = dout + rmsnorm_back(dx2, s["S1"], w["ffn_norm"], s["r2"])
     # attention
-    datt = heads_split(dS1 @ w["wo"], H, hd)
+    datt = heads_split(lin_t(dS1, w["wo"]), H, hd)
     p = s["p"]
     p_main, p_own = p[..., :T], p[..., T:]
-    dp_main = (datt.reshape(B, H, T * G, hd) @ s["vm"].transpose(0, 1, 3, 2)).reshape(B, H, T, G, T)
+    dp_main = bmm(datt.reshape(B, H, T * G, hd), s["vm"].transpose(0, 1, 3, 2)).reshape(B, H, T, G, T)
     dp_own = np.einsum("bhtgd,bhtkd->bhtgk", datt, s["vs"])
     dvs = np.einsum("bhtgk,bhtgd->bhtkd", p_own, datt)
     dp = np.concatenate([dp_main, dp_own], axis=-1)
     dscores = p * (dp - (p * dp).sum(axis=-1, keepdims=True)) * scale
     ds_main, ds_own = dscores[..., :T], dscores[..., T:]
-    dq = (ds_main.reshape(B, H, T * G, T) @ s["km"]).reshape(B, H, T, G, hd)
+    dq = bmm(ds_main.reshape(B, H, T * G, T), s["km"]).reshape(B, H, T, G, hd)
     dq += np.einsum("bhtgk,bhtkd->bhtgd", ds_own, s["ks"])
     dks = np.einsum("bhtgk,bhtgd->bhtkd", ds_own, s["q"])
     dk = dks.reshape(B, KVH, rep, T, G, hd).sum(axis=2)
     dv = dvs.reshape(B, KVH, rep, T, G, hd).sum(axis=2)
     dq = heads_merge(rope(dq, cos, sin, -1.0))
     dk = heads_merge(rope(dk, cos, sin, -1.0))
-    dx1 = dq @ w["wq"] + dk @ w["wk"] + heads_merge(dv) @ w["wv"]
+    dx1 = lin_t(dq, w["wq"]) + lin_t(dk, w["wk"]) + lin_t(heads_merge(dv), w["wv"])
     return dS1 + rmsnorm_back(dx1, s["S"], w["attn_norm"], s["r1"])
 
 
@@ -389,8 +420,8 @@ class TrainSettings:
 class Progress:
     """One self-rewriting line on stderr: step, rate, losses and accuracies."""
 
-    def __init__(self, total: int, stream=sys.stderr):
-        self.total, self.stream, self.start = total, stream, time.perf_counter()
+    def __init__(self, total: int, stream=None):
+        self.total, self.stream, self.start = total, stream or sys.stderr, time.perf_counter()
 
     def __call__(self, step: int, text: str) -> None:
         elapsed = time.perf_counter() - self.start
@@ -415,6 +446,7 @@ def train_streams(model, sequences: list[list[int]], settings: TrainSettings, st
     """Train stream embeddings and the pruning adapter; returns (Streams, final metrics).
     `state` (from save_state) resumes; save_state(dict) is called every `every` steps."""
     frozen = Frozen(model, settings.n_layers)
+    frozen.restrict([t for seq in sequences for t in seq])
     rng = np.random.default_rng(settings.seed)
     dim = model.config.dim
     params = {"embeddings": np.zeros((settings.gamma, dim), np.float32),
@@ -445,14 +477,20 @@ def train_streams(model, sequences: list[list[int]], settings: TrainSettings, st
         if save_state and ((step + 1) % every == 0 or step + 1 == settings.steps):
             save_state({**{f"param.{k}": v.copy() for k, v in params.items()}, **adam.state()})
     streams = Streams(params["embeddings"], settings.n_layers, params["prune_down"], params["prune_up"],
-                      model_identity(model))
+                      model_identity(model), training_vocabulary(sequences))
     return streams, metrics
+
+
+def training_vocabulary(sequences) -> np.ndarray:
+    """The draft shortlist: every token of the training text (the softmax trained over)."""
+    return np.unique(np.concatenate([np.asarray(s, np.int64) for s in sequences]))
 
 
 def train_medusa(model, sequences: list[list[int]], settings: TrainSettings, state: dict | None = None,
                  progress=None, save_state=None, every: int = 25):
     """Train Medusa-1 heads (gamma of them); returns ((weights, biases), final metrics)."""
     frozen = Frozen(model, 1)
+    frozen.restrict([t for seq in sequences for t in seq])
     dim = model.config.dim
     params = {"weights": np.zeros((settings.gamma, dim, dim), np.float32),
               "biases": np.zeros((settings.gamma, dim), np.float32)}

@@ -123,7 +123,7 @@ class StreamProposer(LevelDrafter):
                 return
             streams = deferred_streams(self.model, self.streams, self.split_hidden[row], self.cache.length - 1,
                                        self.cache)
-        self.level_logits = self.model.head(streams)
+        self.level_logits = self.streams.logits(self.model, streams)
 
     def __call__(self, context: list[int], max_depth: int, max_nodes: int) -> Proposal:
         rows_per_node = 1 + self.streams.gamma if self.schedule == FUSED else 1
@@ -202,7 +202,7 @@ def with_gamma(streams: Streams, gamma: int | None) -> Streams:
     if gamma is None or gamma == streams.gamma:
         return streams
     return Streams(streams.embeddings[:gamma], streams.n_layers, streams.prune_down, streams.prune_up,
-                   streams.identity)
+                   streams.identity, streams.vocabulary, streams.packed)
 
 
 def speculative_streaming(model, prompt_ids, settings: SamplingSettings, max_new_tokens: int, streams=None,

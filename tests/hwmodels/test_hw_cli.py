@@ -1,5 +1,6 @@
 """`mirrorstream hw ...`: JSON shapes and one-line errors with exit status 2."""
 import json
+import os
 import subprocess
 import sys
 
@@ -103,6 +104,13 @@ def test_bad_calibration_csv(capsys, tmp_path, data, match):
     assert main(["hw", "calibrate", str(path)]) == 2
     err = capsys.readouterr().err
     assert match in err and str(path) in err and err.count("\n") == 1
+
+
+def test_calibration_table_that_is_a_fifo_is_refused_at_once(capsys, tmp_path):
+    path = tmp_path / "pipe.csv"
+    os.mkfifo(path)
+    assert main(["hw", "calibrate", str(path)]) == 2
+    assert "not a regular file" in capsys.readouterr().err
 
 
 def test_calibration_csv_with_a_byte_order_mark_is_read(capsys, tmp_path):

@@ -38,6 +38,8 @@ def test_ss_gives_the_tokens_of_ar(config, seed, settings, data):
     model = random_model(config, seed)
     streams = random_streams(model, data.draw(st.integers(1, 4)), data.draw(st.integers(1, config.n_layers - 1)),
                              seed + 1, scale=data.draw(st.sampled_from([0.5, 3.0])))
+    if data.draw(st.booleans()):   # a draft shortlist
+        streams.vocabulary = np.unique(data.draw(st.lists(st.integers(0, config.vocab_size - 1), min_size=1)))
     prompt = data.draw(st.lists(st.integers(3, config.vocab_size - 1), min_size=1, max_size=8))
     assert_same_as_ar(speculative_streaming, model, prompt, settings, data.draw(st.integers(0, 40)),
                       streams=streams, tree_k=data.draw(st.integers(1, 3)),

@@ -39,6 +39,8 @@ def read_any(path: Path):
 
 def _check_llama2c(config, dst: Path) -> None:
     """llama2c files fix eps, theta and the special ids: refuse what they cannot hold."""
+    if config.arch not in ("llama", "mistral") or config.qkv_bias or config.qk_norm or config.head_size:
+        raise InputError(f"{dst}: the llama2c format holds Llama-shaped models only, not {config.arch}")
     fixed = {"norm_eps": 1e-5, "rope_theta": 10000.0, "rope_scaling": None, "bos_id": 1}
     for name, value in fixed.items():
         got = getattr(config, name)

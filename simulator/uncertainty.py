@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass
 
 import hwmodels
-from hwmodels.calibration import load_calibration
+from hwmodels.fitted import load_calibration
 
 from .config import SimConfig, default_link
 from .costs import HardwareCosts

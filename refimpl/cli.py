@@ -16,7 +16,7 @@ from refimpl.errors import InputError, check_output_path
 from refimpl import oracle
 from refimpl.oracle import check, check_ids, read_token_file
 from refimpl.sampling import SamplingSettings
-from refimpl.tokenizer import BOS_ID, StreamDecoder, load_tokenizer
+from refimpl.tokenizer import StreamDecoder, load_tokenizer
 from refimpl.trace import TraceHeader, mean_accepted, write_trace
 
 
@@ -205,7 +205,8 @@ def load_inputs(args, warm: bool = True):
         if tokenizer is None:
             raise InputError(f"--prompt needs a tokenizer: none beside {path}; give --tokenizer")
         check_prompt_length(args.prompt, tokenizer, model.config.seq_len)
-        prompt_ids = [BOS_ID] + tokenizer.encode(args.prompt)
+        bos = [] if model.config.bos_id is None else [model.config.bos_id]
+        prompt_ids = bos + tokenizer.encode(args.prompt)
     else:
         check_ids(prompt_ids, model.config.vocab_size, "--prompt-ids")
     model.check_tokens(np.asarray(prompt_ids), np.zeros(len(prompt_ids), dtype=np.int64))
@@ -225,7 +226,7 @@ def check_prompt_length(prompt: str, tokenizer, seq_len: int) -> None:
 
 def warm_up(model) -> None:
     """One tiny pass, so that numba compiles (first use) or loads its cache before timing."""
-    model.forward([BOS_ID], [0], model.new_cache(2))
+    model.forward([0], [0], model.new_cache(2))
 
 
 def run_generate(args) -> int:
@@ -314,6 +315,7 @@ def register_oracle(subparsers) -> None:
     c.add_argument("--tokens", metavar="FILE",
                    help="their generated ids: a JSON list (or generate --json output) or one id per line")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.add_argument("--ignore-eos", action="store_true", help="the reference decodes past BOS/EOS")
     add_reference_check_options(c)
     c.set_defaults(func=run_oracle_check)
     register_oracle_reference(sub)
@@ -390,6 +392,8 @@ def register_oracle_reference(sub) -> None:
     r.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
     r.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (1: off)")
     r.add_argument("--seed", type=int, default=0, help="seed of the position-keyed sampler")
+    r.add_argument("--ignore-eos", action="store_true",
+                   help="decode past BOS/EOS as ordinary tokens (as llama.cpp's and vLLM's ignore_eos)")
     r.add_argument("--threads", type=int, help="numba threads (default: all cores)")
     r.set_defaults(func=run_oracle_reference)
 
@@ -399,7 +403,7 @@ def run_oracle_reference(args) -> int:
     check_output_path(args.out, "--out")
     set_threads(args.threads)
     settings = SamplingSettings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                                **({"ignore_eos": True} if getattr(args, "ignore_eos", False) else {}))
+                                ignore_eos=args.ignore_eos)
     path = resolve_model(args.model)
     model = load_model(path)
     tokenizer_path = args.tokenizer or find_tokenizer(path)

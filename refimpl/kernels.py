@@ -479,13 +479,40 @@ def add_into(x, y):
             x[r, i] += y[r, i]
 
 
+@njit(cache=True, nogil=True)
+def add_bias(x, bias):
+    """x[r] += bias, elementwise (Qwen2's q/k/v biases, added after the matmul's sum)."""
+    for r in range(x.shape[0]):
+        for i in range(bias.shape[0]):
+            x[r, i] += bias[i]
+
+
+@njit(cache=True, nogil=True)
+def head_rmsnorm(x, n_heads, head_dim, weight, eps):
+    """RMSNorm of every head of x (n, n_heads*head_dim) in place, over the head's dimensions
+    in order (Qwen3's q/k norm); the same arithmetic as rmsnorm."""
+    for r in range(x.shape[0]):
+        for h in range(n_heads):
+            base = h * head_dim
+            ss = np.float32(0.0)
+            for i in range(head_dim):
+                ss += x[r, base + i] * x[r, base + i]
+            scale = np.float32(1.0) / np.sqrt(ss / np.float32(head_dim) + eps)
+            for i in range(head_dim):
+                x[r, base + i] = weight[i] * (scale * x[r, base + i])
+
+
 @njit(parallel=True, cache=True, nogil=True)
-def transformer_layer(h, positions, base, mask, cos, sin, eps, n_heads, n_kv_heads,
-                      attn_norm, wqkv, wo, ffn_norm, w13, w2, k_t, v_cache):
+def transformer_layer(h, positions, base, mask, cos, sin, eps, n_heads, n_kv_heads, head_dim,
+                      attn_norm, wqkv, bqkv, q_norm, k_norm, wo, ffn_norm, w13, w2, k_t, v_cache):
     """One pre-norm Llama block on the residual stream h (n, dim), in place.
 
     Writes the new rows' keys and values into this layer's cache (k_t is
     (kv_dim, slots), v_cache (slots, kv_dim)) at slots base..base+n-1, then attends.
+    Queries are n_heads*head_dim wide (head_dim need not be dim/n_heads). Optional
+    parts, off when their array is empty: bqkv, a bias added to q|k|v after the
+    matmul (Qwen2); q_norm/k_norm (head_dim,), an RMSNorm of each q and k head
+    before RoPE (Qwen3).
 
     Its parallel loops are its own, never calls to the parallel kernels above: numba
     (0.63, issue 8578) records "start the thread pool on load" in a parallel function's
@@ -494,7 +521,7 @@ def transformer_layer(h, positions, base, mask, cos, sin, eps, n_heads, n_kv_hea
     unless something else started the pool (tests/refimpl/test_compile_cache.py).
     """
     n, dim = h.shape
-    head_dim = dim // n_heads
+    q_dim = n_heads * head_dim
     kv_dim = n_kv_heads * head_dim
     hidden = w2.shape[2]  # packed (groups, strips, in, STRIP)
     x = np.empty((n, dim), np.float32)
@@ -502,15 +529,20 @@ def transformer_layer(h, positions, base, mask, cos, sin, eps, n_heads, n_kv_hea
     qkv = np.empty((n, wqkv.shape[0] * TILE), np.float32)
     for g in prange(wqkv.shape[0]):
         _matmul_group(x, wqkv, g, qkv)
-    q = qkv[:, :dim]
-    k = qkv[:, dim:dim + kv_dim]
+    if bqkv.shape[0] > 0:
+        add_bias(qkv, bqkv)
+    q = qkv[:, :q_dim]
+    k = qkv[:, q_dim:q_dim + kv_dim]
+    if q_norm.shape[0] > 0:
+        head_rmsnorm(q, n_heads, head_dim, q_norm, eps)
+        head_rmsnorm(k, n_kv_heads, head_dim, k_norm, eps)
     apply_rope(q, n_heads, head_dim, positions, cos, sin)
     apply_rope(k, n_kv_heads, head_dim, positions, cos, sin)
     for r in range(n):
         for i in range(kv_dim):
             k_t[i, base + r] = k[r, i]
-            v_cache[base + r, i] = qkv[r, dim + kv_dim + i]
-    att = np.empty((n, dim), np.float32)
+            v_cache[base + r, i] = qkv[r, q_dim + kv_dim + i]
+    att = np.empty((n, q_dim), np.float32)
     scores = np.empty((n * n_heads, base + n), np.float32)
     for task in prange(n * n_heads):
         _attend(q, k_t, v_cache, base, mask, n_heads, n_kv_heads, head_dim, task, scores, att)

@@ -22,7 +22,6 @@ import numpy as np
 from refimpl.decoding import autoregressive, generate
 from refimpl.errors import InputError, read_text
 from refimpl.sampling import SamplingSettings, sample
-from refimpl.tokenizer import BOS_ID, EOS_ID
 
 MAX_TOKEN_FILE_BYTES = 8 << 20   # a --tokens file: 8 MiB holds a million ids, far past any sequence length
 
@@ -60,8 +59,7 @@ def check(model, prompt_ids, tokens, settings: SamplingSettings) -> OracleReport
     as a token, so their list may end with it or leave it out."""
     tokens = [int(t) for t in tokens]
     check_ids(tokens, model.config.vocab_size, "--tokens")
-    result = generate(autoregressive(model, list(prompt_ids), settings, len(tokens)), prompt_ids)
-    ours = result.tokens + {"eos": [EOS_ID], "bos": [BOS_ID]}.get(result.stop_reason, [])
+    ours = reference(model, prompt_ids, settings, len(tokens))["tokens"]
     for index, got in enumerate(tokens):
         expected = ours[index] if index < len(ours) else None
         if got != expected:

@@ -217,6 +217,8 @@ class HFTokenizer:
         self.byte_level = '"ByteLevel"' in json.dumps(spec.get("decoder"))
         self.special = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
         self.byte_decoder = {c: b for b, c in _bytes_to_unicode().items()}
+        # an upper bound of the bytes one token spells (bounds a text's token count)
+        self.max_piece_bytes = max((len(t.encode("utf-8")) for t in tokenizer.get_vocab()), default=1)
 
     @classmethod
     def from_file(cls, path: Path) -> "HFTokenizer":

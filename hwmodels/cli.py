@@ -6,10 +6,11 @@ import sys
 
 from tabulate import tabulate
 
-from .calibration import (PARAM_BOUNDS, calibrate, load_calibration, read_measurements, shipped_calibrations,
-                          write_calibration_file)
+from .calibration import calibrate, read_measurements, write_calibration_file
 from .devices import get_device, get_link, known_devices, known_links
 from .errors import InputError
+from .fitted import load_calibration, shipped_calibrations
+from .hardware import PARAM_BOUNDS
 from .latency import SHARDINGS, forward_latency
 from .models import get_model, known_models
 
@@ -185,8 +186,13 @@ def _param_list(text: str) -> list[str]:
 
 def cmd_calibrate(args) -> int:
     rows = read_measurements(args.csv)
-    result = calibrate(rows, free=_param_list(args.free), shared=_param_list(args.shared), base=args.base,
-                       leave_one_out=not args.no_loo)
+    try:
+        result = calibrate(rows, free=_param_list(args.free), shared=_param_list(args.shared), base=args.base,
+                           leave_one_out=not args.no_loo)
+    except InputError as exc:
+        if str(args.csv) in str(exc):
+            raise
+        raise InputError(f"{args.csv}: {exc}") from None
     report = {"summary": result.summary(), "params": result.params, "points": result.table()}
     if args.output:
         write_calibration_file(args.output, result, args.csv)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from refimpl import kernels
+from refimpl import kernels, rope
 from refimpl.errors import InputError
 
 
@@ -34,6 +34,9 @@ class ModelConfig:
     shared_classifier: bool = True
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    rope_scaling: tuple[tuple[str, object], ...] | None = None  # refimpl.rope: e.g. (("rope_type", "llama3"), ...)
+    bos_id: int | None = 1            # prepended to text prompts (None: nothing)
+    eos_ids: tuple[int, ...] = (2,)   # end-of-sequence ids
 
     @property
     def head_dim(self) -> int:
@@ -128,7 +131,7 @@ class Model:
         self.layers = layers
         self.final_norm = final_norm
         self.classifier = kernels.pack_linear(classifier)
-        self.rope_cos, self.rope_sin = kernels.rope_tables(config.seq_len, config.head_dim, config.rope_theta)
+        self.rope_cos, self.rope_sin = rope.rope_tables(config)
         self.eps = np.float32(config.norm_eps)
 
     @classmethod

@@ -6,7 +6,21 @@ SplitMix64 hash chain; see `uniform`) with no generator state. Plain sampling
 is then reproducible from (seed, prompt), and any method that verifies by exact
 match commits the very tokens plain sampling would, whatever it speculated.
 The function is simple on purpose, so other implementations can reproduce our
-sampled outputs exactly.
+sampled outputs exactly. Known answers (tests/refimpl/test_sampling.py checks
+this table; sm(0) = 0xE220A8397B1DCDAF, the first output of SplitMix64 seeded 0;
+purposes: SAMPLE 0, ACCEPT 1, RESIDUAL 2, DRAFT 3):
+
+    uniform(0, 0, 0, 0) = 0.13870941014555427
+    uniform(0, 1, 0, 0) = 0.2691303195904541
+    uniform(0, 0, 1, 0) = 0.6182288528808131
+    uniform(0, 0, 0, 1) = 0.18436667429957676
+    uniform(42, 7, 0, 0) = 0.33493855816005447
+    uniform(42, 7, 1, 3) = 0.4796368723763429
+    uniform(7, 1000000, 2, 0) = 0.42656284082354856
+    uniform(18446744073709551615, 255, 3, 1) = 0.5524495699539653
+
+(seed, position, purpose, index) in that order; a value is the exact double, printed
+so that it reads back to the same bits.
 
 The distribution: logits / temperature -> softmax (float64) -> keep the top-k
 (ties broken by lower id) -> keep the smallest set of most likely tokens whose
@@ -23,6 +37,7 @@ import numpy as np
 from refimpl.errors import InputError
 
 MASK64 = (1 << 64) - 1
+MIN_TEMPERATURE = 1e-6   # a float32 logit (< 2^128) over it stays far from float64's overflow
 
 # Purposes: independent random streams at the same position.
 SAMPLE = 0       # the target's own token at a position
@@ -37,10 +52,13 @@ class SamplingSettings:
     top_k: int = 0          # 0: no top-k filter
     top_p: float = 1.0      # 1.0: no nucleus filter
     seed: int = 0
+    ignore_eos: bool = False  # decode past BOS/EOS as ordinary tokens (vLLM's SamplingParams.ignore_eos)
 
     def __post_init__(self):
         if not np.isfinite(self.temperature) or self.temperature < 0:
             raise InputError(f"--temperature {self.temperature}: must be a finite number >= 0")
+        if 0 < self.temperature < MIN_TEMPERATURE:   # logits / T would overflow to inf, then NaN
+            raise InputError(f"--temperature {self.temperature}: must be 0 (greedy) or at least {MIN_TEMPERATURE}")
         if self.top_k < 0:
             raise InputError(f"--top-k {self.top_k}: must be >= 0 (0 disables it)")
         if not (0.0 < self.top_p <= 1.0):

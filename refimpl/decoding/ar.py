@@ -10,8 +10,8 @@ from refimpl.trace import StepRecord
 
 def autoregressive(model, prompt_ids, settings: SamplingSettings, max_new_tokens: int):
     """Yield ([token], record, stop) per target pass: the prefill, then one pass per token."""
-    budget = token_budget(model, prompt_ids, max_new_tokens)
-    if budget == 0:
+    budget = token_budget(model, prompt_ids, max_new_tokens, settings)
+    if budget.tokens == 0:
         return
     cache = model.new_cache()
     clock = Stopwatch()

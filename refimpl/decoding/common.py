@@ -11,27 +11,44 @@ from refimpl.trace import StepRecord
 STOP_IDS = (BOS_ID, EOS_ID)
 
 
-def token_budget(model, prompt_ids, max_new_tokens: int) -> int:
-    """How many tokens may be generated: max_new_tokens, capped by the sequence length."""
+@dataclass(frozen=True)
+class Budget:
+    """How many tokens a run may generate, why it ends when they are all out, and the ids
+    that end it early (none with ignore_eos)."""
+    tokens: int
+    reason: str                       # "max_new_tokens" or "seq_len"
+    stops: tuple[int, ...] = STOP_IDS
+
+
+def token_budget(model, prompt_ids, max_new_tokens: int, settings=None) -> Budget:
+    """max_new_tokens, capped where the sequence ends, as llama2.c's run.c does: the token
+    predicted at the last position (seq_len - 1) is emitted too (it needs no cache slot),
+    so a prompt of n tokens leaves room for seq_len - n + 1. `settings.ignore_eos` (when
+    given and set) turns BOS and EOS into ordinary tokens."""
+    seq_len = model.config.seq_len
     if len(prompt_ids) == 0:
         raise InputError("the prompt is empty (give at least BOS)")
-    if len(prompt_ids) >= model.config.seq_len:
-        raise InputError(f"the prompt has {len(prompt_ids)} tokens, but the model's sequence length is "
-                         f"{model.config.seq_len}")
+    if len(prompt_ids) > seq_len:
+        raise InputError(f"the prompt has {len(prompt_ids)} tokens, but the model's sequence length is {seq_len}")
     if max_new_tokens < 0:
         raise InputError(f"--max-new-tokens {max_new_tokens}: must be >= 0")
-    return min(max_new_tokens, model.config.seq_len - len(prompt_ids))
+    room = seq_len - len(prompt_ids) + 1
+    stops = () if settings is not None and settings.ignore_eos else STOP_IDS
+    if max_new_tokens <= room:
+        return Budget(max_new_tokens, "max_new_tokens", stops)
+    return Budget(room, "seq_len", stops)
 
 
-def clip(candidates: list[int], produced: int, budget: int) -> tuple[list[int], str | None]:
-    """The tokens of `candidates` to emit, and why generation stops after them (or None)."""
+def clip(candidates: list[int], produced: int, budget: Budget) -> tuple[list[int], str | None]:
+    """The tokens of `candidates` to emit, and why generation stops after them (or None):
+    "eos"/"bos" at a stop id (not emitted), else the budget's reason when it is spent."""
     kept = []
     for token in candidates:
-        if token in STOP_IDS:
+        if token in budget.stops:
             return kept, "eos" if token == EOS_ID else "bos"
         kept.append(token)
-        if produced + len(kept) >= budget:
-            return kept, "length"
+        if produced + len(kept) >= budget.tokens:
+            return kept, budget.reason
     return kept, None
 
 
@@ -53,7 +70,7 @@ class Generation:
     prompt_ids: list[int]
     tokens: list[int] = field(default_factory=list)
     records: list[StepRecord] = field(default_factory=list)
-    stop_reason: str = "length"   # "length", "eos" or "bos"
+    stop_reason: str = "max_new_tokens"   # "max_new_tokens", "seq_len", "eos" or "bos"
     seconds: float = 0.0
 
     @property

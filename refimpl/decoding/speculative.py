@@ -23,6 +23,17 @@ kernels in the same order: the same bits); `Proposal.on_verdict(verdict)`, calle
 after verification, returns extra fields for the step's record.
 
 The prefill pass samples the first token exactly as `ar` does.
+
+Proposers that draft from the target's own passes (Speculative Streaming, Medusa)
+may define three optional hooks; sd and lookup define none:
+- `prefill_pass(target, prompt_ids, cache)` -> the prompt's hidden states after the
+  last layer, keys/values committed (default: `target.hidden_states`);
+- `tree_pass(target, proposal, base, cache)` -> (the proposal verified, hidden states):
+  the verification pass, which may add rows of its own after the tree's or prune the
+  tree (default: the tree alone, uncommitted);
+- `accepted(row)`: called once the cache holds the committed tokens and the loop goes
+  on; `row` is the pass's row of the last committed node (the prompt's last row after
+  the prefill, the accepted path's last node after a verification).
 """
 from __future__ import annotations
 
@@ -102,29 +113,43 @@ def target_pass(target, tree: TokenTree, base: int, cache, proposal: Proposal) -
     return hidden
 
 
+def default_prefill_pass(target, prompt_ids, cache) -> np.ndarray:
+    return target.hidden_states(prompt_ids, np.arange(len(prompt_ids)), cache)
+
+
+def default_tree_pass(target, proposal: Proposal, base: int, cache) -> tuple[Proposal, np.ndarray]:
+    return proposal, target_pass(target, proposal.tree, base, cache, proposal)
+
+
 def speculative_decode(target, prompt_ids, settings: SamplingSettings, max_new_tokens: int, propose,
                        verify: str = MATCH, cache=None):
     """Yield (emitted, record, stop) per target pass. `propose(context, max_depth, max_nodes)`
     returns a Proposal for the committed tokens `context` (its last one pending).
     `cache` may be given to inspect the target's KV cache afterwards."""
-    budget = token_budget(target, prompt_ids, max_new_tokens)
-    if budget == 0:
+    budget = token_budget(target, prompt_ids, max_new_tokens, settings)
+    if budget.tokens == 0:
         return
     cache = target.new_cache() if cache is None else cache
     clock = Stopwatch()
     rng = PositionKeyed(settings.seed)
     n_prompt = len(prompt_ids)
-    token = sample(target.forward(prompt_ids, np.arange(n_prompt), cache)[-1], settings, n_prompt)
+    prefill_pass = getattr(propose, "prefill_pass", default_prefill_pass)
+    tree_pass = getattr(propose, "tree_pass", default_tree_pass)
+    accepted = getattr(propose, "accepted", None)
+    hidden = prefill_pass(target, prompt_ids, cache)
+    token = sample(target.head(hidden[-1:])[0], settings, n_prompt)
     emitted, stop = clip([token], 0, budget)
+    if accepted is not None and not stop:
+        accepted(n_prompt - 1)
     yield emitted, StepRecord(context=0, target_tokens=n_prompt, draft_passes=0, draft_tokens_per_pass=0,
                               proposed=0, accepted=0, emitted=len(emitted), wall_s=clock.lap(),
                               prefill=True), stop
     context, produced = list(prompt_ids) + [token], 1
     while not stop:
         base = cache.length
-        proposal = propose(context, budget - produced - 1, cache.capacity - base)
+        proposal, hidden = tree_pass(target, propose(context, budget.tokens - produced - 1, cache.capacity - base),
+                                     base, cache)
         tree = proposal.tree
-        hidden = target_pass(target, tree, base, cache, proposal)
         logits = NodeLogits(target, hidden, tree)
         if verify == MATCH:
             verdict = verify_match(tree, logits, settings, base)
@@ -141,5 +166,7 @@ def speculative_decode(target, prompt_ids, settings: SamplingSettings, max_new_t
             record = replace(record, **proposal.on_verdict(verdict))
         record.wall_s = clock.lap()
         yield emitted, record, stop
+        if accepted is not None and not stop:
+            accepted(verdict.path[-1])
         produced += len(new)
         context += new

@@ -33,9 +33,11 @@ def run(args) -> int:
         print(json.dumps(summary(sections), indent=2, default=str))
     else:
         for name, section in sections.items():
-            print(f"{name}: {'skipped: ' + section.skipped if section.skipped else 'done'}")
+            state = f"skipped: {section.skipped}" if section.skipped else f"FAILED: {section.failed}" \
+                if section.failed else "done"
+            print(f"{name}: {state}")
         print(f"report: {path}")
-    return 0
+    return 1 if any(s.failed for s in sections.values()) else 0
 
 
 def list_experiments(args) -> int:

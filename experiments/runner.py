@@ -23,6 +23,8 @@ from experiments.sweep import Pool, open_pool
 
 #: name -> module of every experiment, in report order.
 EXPERIMENTS = {
+    "table1": "experiments.table1",
+    "sim-vs-cpu": "experiments.sim_vs_cpu",
     "whatif": "experiments.whatif",
 }
 
@@ -39,6 +41,7 @@ class Section:
     figures: list[tuple[str, str]] = field(default_factory=list)  # (file name in out, caption)
     summary: dict = field(default_factory=dict)       # headline numbers, for --json
     skipped: str | None = None                        # why it did not run
+    failed: str | None = None                         # the error that stopped it
 
 
 @dataclass
@@ -82,13 +85,18 @@ def run_experiments(names, out, quick: bool = False, dask: str | None = None,
     with open_pool(dask, progress) as pool:
         ctx = Context(out, quick, pool)
         for name, module in modules.items():
-            sections[name] = module.run(ctx)
+            try:
+                sections[name] = module.run(ctx)
+            except Exception as exc:  # one experiment's failure is reported, the others still run
+                detail = str(exc).strip().splitlines()
+                sections[name] = Section(name, failed=f"{type(exc).__name__}: {detail[-1] if detail else ''}")
     return sections
 
 
 def summary(sections: dict[str, Section]) -> dict:
     """One JSON object: every section's headline numbers, flat, plus what was skipped."""
-    result = {"experiments": list(sections), "skipped": {n: s.skipped for n, s in sections.items() if s.skipped}}
+    result = {"experiments": list(sections), "skipped": {n: s.skipped for n, s in sections.items() if s.skipped},
+              "failed": {n: s.failed for n, s in sections.items() if s.failed}}
     for section in sections.values():
         result.update(section.summary)
     return result
@@ -111,11 +119,12 @@ def render(sections: dict[str, Section], quick: bool, command: str) -> str:
              f"{' (quick: reduced sizes)' if quick else ''}. Each section names the script that "
              "reproduces it on its own.", ""]
     for section in sections.values():
-        lines += [f"- [{section.title}](#{_anchor(section.title)})" + (" — skipped" if section.skipped else "")]
+        note = " — skipped" if section.skipped else " — FAILED" if section.failed else ""
+        lines += [f"- [{section.title}](#{_anchor(section.title)}){note}"]
     for section in sections.values():
         lines += ["", f"## {section.title}", ""]
-        if section.skipped:
-            lines += [f"*Skipped: {section.skipped}*"]
+        if section.skipped or section.failed:
+            lines += [f"*Skipped: {section.skipped}*" if section.skipped else f"**Failed:** `{section.failed}`"]
             continue
         for block in section.blocks:
             lines += [block, ""]

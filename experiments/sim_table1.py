@@ -53,6 +53,13 @@ PAPER_T0 = {
     "qwen3-32b": {"translation": (2.74, 3.72), "summarization": (2.07, 3.14), "qa": (2.06, 3.04),
                   "math_reasoning": (3.33, 5.84), "rag": (2.33, 3.42), "multi_turn": (2.67, 3.59)},
 }
+#: mirror-sd.md §8.1, T = 1: (Vanilla-SD, Mirror-SD) per task.
+PAPER_T1 = {
+    "qwen3-14b": {"translation": (2.19, 3.89), "summarization": (1.50, 2.81), "qa": (1.36, 2.80),
+                  "math_reasoning": (2.53, 5.02), "rag": (1.68, 2.95), "multi_turn": (1.98, 3.48)},
+    "qwen3-32b": {"translation": (2.43, 3.15), "summarization": (1.92, 2.92), "qa": (1.89, 2.90),
+                  "math_reasoning": (2.88, 5.08), "rag": (2.08, 3.33), "multi_turn": (2.39, 3.28)},
+}
 #: Prior on Ω_8 at ℓe = N/2: centre and range (see the module docstring).
 OMEGA, OMEGA_RANGE = 0.5, (0.24, 0.78)
 ALPHA_MAX = 0.995
@@ -78,12 +85,13 @@ def infer_alpha(task, config, costs, published_sd: float, iterations: int = 14) 
     return (low + high) / 2, False
 
 
-def predict(target: str, config: SimConfig, prompts: int, omegas=(OMEGA,)) -> list[dict]:
-    """Per task: inferred α, and the predicted Mirror-SD speedup at each Ω of `omegas`."""
+def predict(target: str, config: SimConfig, prompts: int, omegas=(OMEGA,), paper=PAPER_T0) -> list[dict]:
+    """Per task: inferred α, and the predicted Mirror-SD speedup at each Ω of `omegas`
+    (`paper`: the published columns, PAPER_T0 or PAPER_T1)."""
     config = dataclasses.replace(config, target_model=target)
     costs = HardwareCosts(config)
     cells = []
-    for name, (paper_sd, paper_mirror) in PAPER_T0[target].items():
+    for name, (paper_sd, paper_mirror) in paper[target].items():
         task = dataclasses.replace(SPEC_BENCH[name], prompts=prompts)
         alpha, clamped = infer_alpha(task, config, costs, paper_sd)
         mirror = [_speedup(task, config, costs, "mirror+ss", alpha, omega) for omega in omegas]

@@ -144,31 +144,52 @@ def _all_finite(tensor: np.ndarray, chunk: int = 1 << 22) -> bool:
     return all(np.isfinite(flat[i:i + chunk]).all() for i in range(0, flat.size, chunk))
 
 
-def models_dir() -> Path | None:
-    """The models directory from $MIRRORSTREAM_MODELS, if set."""
+def models_dir() -> Path:
+    """The models directory: $MIRRORSTREAM_MODELS if set, else `models` under the user's
+    data directory (~/.local/share/mirrorstream/models on Linux), where `mirrorstream pull` installs."""
     env = os.environ.get("MIRRORSTREAM_MODELS")
-    return Path(env) if env else None
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("mirrorstream", appauthor=False)) / "models"
 
 
 def resolve_model(spec: str) -> Path:
     """A checkpoint path from a path or a bare name found in the models directory
-    (NAME/NAME.bin, as ../shared/checkpoints lays them out)."""
+    (NAME/NAME.bin as ../shared/checkpoints lays them out, NAME/NAME.gguf, or NAME/ holding
+    a Hugging Face checkpoint)."""
     path = Path(spec)
     if path.exists() or os.sep in spec or spec.endswith((".bin", ".gguf")):
         return path
     root = models_dir()
-    if root is None:
-        raise InputError(f"--model {spec}: not a file, and MIRRORSTREAM_MODELS is not set to a models directory")
-    candidate = root / spec / f"{spec}.bin"
-    if formats.detect(root / spec) is not None:
-        return root / spec
-    if (root / spec / f"{spec}.gguf").is_file():
-        return root / spec / f"{spec}.gguf"
-    if not candidate.is_file():
-        known = sorted(p.name for p in root.iterdir() if (p / f"{p.name}.bin").is_file()
-                       or formats.detect(p) is not None) if root.is_dir() else []
-        raise InputError(f"--model {spec}: no {candidate}; models in {root}: {', '.join(known) or 'none'}")
-    return candidate
+    found = model_in(root / spec)
+    if found is None:
+        known = [name for name, _ in installed_models(root)]
+        hint = "" if os.environ.get("MIRRORSTREAM_MODELS") else \
+            " (MIRRORSTREAM_MODELS is not set; `mirrorstream pull NAME` installs a known model there)"
+        raise InputError(f"--model {spec}: no {root / spec / (spec + '.bin')}; models in {root}: "
+                         f"{', '.join(known) or 'none'}{hint}")
+    return found
+
+
+def model_in(folder: Path) -> Path | None:
+    """The checkpoint a models-directory entry holds: the folder itself when it is a Hugging
+    Face directory, else NAME/NAME.bin or NAME/NAME.gguf; None when it holds none."""
+    if formats.detect(folder) == "hf":
+        return folder
+    for suffix in (".bin", ".gguf"):
+        if (folder / f"{folder.name}{suffix}").is_file():
+            return folder / f"{folder.name}{suffix}"
+    return None
+
+
+def installed_models(root: Path) -> list[tuple[str, Path]]:
+    """(name, checkpoint path) of every model in a models directory, by name."""
+    if not root.is_dir():
+        return []
+    entries = ((p.name, model_in(p)) for p in sorted(root.iterdir()) if p.is_dir())
+    return [(name, path) for name, path in entries if path is not None]
 
 
 def find_tokenizer(checkpoint: Path) -> Path | None:

@@ -1,4 +1,5 @@
-"""Tokenizers: llama2.c `tokenizer.bin` (pure Python) and SentencePiece `tokenizer.model`.
+"""Tokenizers: llama2.c `tokenizer.bin` (pure Python), SentencePiece `tokenizer.model`, and
+Hugging Face `tokenizer.json` (through the `tokenizers` package; see HFTokenizer).
 
 Both follow SentencePiece's BPE for Llama: a dummy-prefix space before
 non-empty text, spaces as part of pieces, characters absent from the vocabulary
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import heapq
+import json
 import math
 import re
 import struct
@@ -42,6 +44,7 @@ class Llama2cTokenizer:
     def encode(self, text: str) -> list[int]:
         if not text:
             return []
+        _check_utf8(text)
         ids: list[int] = []
         for char in " " + text:
             piece = char.encode("utf-8")
@@ -162,7 +165,7 @@ class SentencePieceTokenizer:
         return piece
 
     def encode(self, text: str) -> list[int]:
-        return list(self.sp.EncodeAsIds(text)) if text else []
+        return list(self.sp.EncodeAsIds(_check_utf8(text))) if text else []
 
     def piece_bytes(self, token: int, previous: int | None) -> bytes:
         if token in (BOS_ID, EOS_ID) or self.sp.IsControl(token):
@@ -179,15 +182,111 @@ class SentencePieceTokenizer:
         return self.sp.DecodeIds([int(i) for i in ids])
 
 
+def _check_utf8(text: str) -> str:
+    """`text`, or an InputError when it holds lone surrogates (undecodable bytes from argv,
+    or "\\udcff" escapes in JSON) and so has no UTF-8 spelling to tokenize."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"text to tokenize is not valid UTF-8 (a stray byte at character {exc.start})") from None
+    return text
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table of byte-level BPE."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+class HFTokenizer:
+    """A Hugging Face `tokenizer.json` through the `tokenizers` package (byte-level BPE as
+    GPT-2/Llama 3/Qwen, or SentencePiece-style with "\u2581" and <0xNN> byte pieces).
+    `encode` adds no special tokens; special tokens decode to nothing."""
+
+    def __init__(self, tokenizer, path: Path):
+        self.tokenizer, self.path = tokenizer, Path(path)
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        spec = json.loads(tokenizer.to_str())
+        self.byte_level = '"ByteLevel"' in json.dumps(spec.get("decoder"))
+        self.special = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
+        self.byte_decoder = {c: b for b, c in _bytes_to_unicode().items()}
+        # an upper bound of the bytes one token spells (bounds a text's token count)
+        self.max_piece_bytes = max((len(t.encode("utf-8")) for t in tokenizer.get_vocab()), default=1)
+
+    @classmethod
+    def from_file(cls, path: Path) -> "HFTokenizer":
+        from tokenizers import Tokenizer
+
+        text = read_bytes(path, "tokenizer", MAX_TOKENIZER_BYTES).decode("utf-8", errors="replace")
+        try:
+            return cls(Tokenizer.from_str(text), path)
+        except Exception as exc:  # the package reports a malformed file in its own exception type
+            raise InputError(f"{path}: not a readable tokenizer.json ({str(exc).splitlines()[0][:200]})") from None
+
+    @classmethod
+    def from_gguf(cls, path: Path) -> "HFTokenizer":
+        """GPT-2-style byte-level BPE from a GGUF's tokenizer.ggml.tokens and .merges."""
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+        from refimpl.formats.gguf import read_gguf_vocab
+
+        vocab = read_gguf_vocab(path)
+        if vocab is None or vocab["model"] != "gpt2" or not vocab.get("merges"):
+            kind = None if vocab is None else vocab["model"]
+            raise InputError(f"{path}: GGUF vocabulary {kind!r} is not byte-level BPE (gpt2) with merges")
+        merges = [tuple(m.split(" ", 1)) for m in vocab["merges"]]
+        model = models.BPE(vocab={t: i for i, t in enumerate(vocab["tokens"])}, merges=merges)
+        tokenizer = Tokenizer(model)
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tokenizer.decoder = decoders.ByteLevel()
+        return cls(tokenizer, path)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(_check_utf8(text), add_special_tokens=False).ids) if text else []
+
+    def piece_bytes(self, token: int, previous: int | None) -> bytes:
+        if token in self.special:
+            return b""
+        piece = self.tokenizer.id_to_token(int(token)) or ""
+        if self.byte_level:
+            return bytes(self.byte_decoder.get(c, 0x3F) for c in piece)
+        match = _BYTE_PIECE.match(piece.encode("utf-8"))
+        if match:
+            return bytes([int(match.group(1), 16)])
+        text = piece.replace("\u2581", " ").encode("utf-8")
+        if previous is None or previous in self.special:
+            text = text[1:] if text.startswith(b" ") else text
+        return text
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+
 def load_tokenizer(path: str | Path, vocab_size: int | None = None):
-    """A tokenizer from `tokenizer.model` (SentencePiece) or a llama2.c `.bin`.
+    """A tokenizer from `tokenizer.model` (SentencePiece), a llama2.c `.bin`, a Hugging Face
+    `tokenizer.json`, or a GGUF's byte-level BPE vocabulary.
 
     With vocab_size, a vocabulary of another size is an error (it belongs to
-    another model)."""
+    another model); a tokenizer.json may be smaller (HF pads embedding tables)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: tokenizer file not found")
     regular_file_size(path, "tokenizer")
+    if path.suffix == ".json":
+        tokenizer = HFTokenizer.from_file(path)
+        if vocab_size is not None and tokenizer.vocab_size > vocab_size:
+            raise InputError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary "
+                             f"is {vocab_size}")
+        return tokenizer
+    if path.suffix == ".gguf":
+        return HFTokenizer.from_gguf(path)
     if path.suffix == ".model":
         tokenizer = SentencePieceTokenizer(path)
     else:

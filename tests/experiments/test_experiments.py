@@ -106,3 +106,54 @@ def test_run_experiments_checks_every_name_before_running(tmp_path):
     with pytest.raises(ExperimentError, match="nope"):
         run_experiments(["whatif", "nope"], tmp_path, quick=True)
     assert not any(tmp_path.iterdir())
+
+
+def test_sim_vs_cpu_skips_with_the_reason_without_a_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIRRORSTREAM_MODELS", str(tmp_path / "none"))
+    sections = run_experiments(["sim-vs-cpu"], tmp_path / "out", quick=True)
+    assert "absent" in sections["sim-vs-cpu"].skipped and not sections["sim-vs-cpu"].failed
+
+
+def test_a_failing_experiment_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+    def broken(ctx):
+        raise RuntimeError("planted")
+    monkeypatch.setattr(whatif, "run", broken)
+    monkeypatch.setenv("MIRRORSTREAM_MODELS", str(tmp_path / "none"))
+    sections = run_experiments(["whatif", "sim-vs-cpu"], tmp_path / "out", quick=True)
+    assert sections["whatif"].failed == "RuntimeError: planted"
+    assert sections["sim-vs-cpu"].skipped
+
+
+def test_lookup_trace_replays_faster_than_ar_by_the_tokens_per_pass(tmp_path):
+    """A lookup trace whose every step commits two tokens with one 2-row pass: the simulated
+    speedup over ar lies between 1 and 2 (a 2-row pass costs at least a 1-row one)."""
+    from experiments.sim_vs_cpu import _simulated_speedup
+    from hwmodels.cpu import cpu_device
+    from refimpl.trace import StepRecord, TraceHeader, write_trace
+
+    records = [StepRecord(context=0, target_tokens=4, draft_passes=0, draft_tokens_per_pass=0, proposed=0,
+                          accepted=0, emitted=1, prefill=True)]
+    context = 4
+    for _ in range(40):
+        records.append(StepRecord(context=context, target_tokens=2, draft_passes=0, draft_tokens_per_pass=0,
+                                  proposed=1, accepted=1, emitted=2))
+        context += 2
+    path = tmp_path / "lookup.jsonl"
+    write_trace(path, TraceHeader(method="lookup", params={"gamma": 1, "ngram": 2}, target="stories15m",
+                                  seed=0, prompt_tokens=4), records)
+    speedup = _simulated_speedup("lookup", [str(path)], cpu_device(), 1)
+    assert 1.0 < speedup < 2.0
+
+
+def test_table1_infers_lower_acceptance_where_the_paper_reports_slower_sd():
+    """At T = 1 the paper's vanilla SD is slower on every 14B task, so the α inferred from it
+    must be lower, task by task; the published columns come from the right table."""
+    from experiments.table1 import predict_cell
+    cold = {c["task"]: c for c in predict_cell((0, "qwen3-14b", 1))}
+    warm = {c["task"]: c for c in predict_cell((1, "qwen3-14b", 1))}
+    assert warm["translation"]["paper_sd"] == 2.19 and cold["translation"]["paper_sd"] == 2.34
+    for task, cell in warm.items():
+        assert cell["paper_sd"] < cold[task]["paper_sd"]
+        assert cell["alpha"] < cold[task]["alpha"]
+        low, high = min(cell["mirror"]), max(cell["mirror"])
+        assert low <= cell["mirror"][0] <= high   # the prior's centre lies inside its range

@@ -197,7 +197,8 @@ _VALID_LINES = [json.dumps(_header_dict(prompt_tokens=7)),
                                    proposed=0, accepted=0, emitted=1, prefill=True)),
                 json.dumps(_record(context=7, branches=4, coverage_hit=True, wall_s=0.01)),
                 json.dumps(_record(context=12))]
-_FIELDS = sorted({*_header_dict(), *_record(), "branches", "coverage_hit", "wall_s", "prefill"})
+_FIELDS = sorted({*_header_dict(), *_record(), "branches", "coverage_hit", "wall_s", "prefill", "exit_hit",
+                  "wall_parts"})
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8),

@@ -7,6 +7,11 @@ tokens, split at the early exit ℓe = N/2 as Mirror-SD times it; the draft
 (Qwen3-0.6B, SPD sharding over 8 devices) decoding 8 branches of one token;
 and one plain decode step (n = 1). Devices that cannot hold the model or lack
 the dtype are skipped with the reason.
+
+A second table prices speculative steps on the GPUs, Vicuna-7B at batch 1
+(`hwmodels.steps`): the verification pass of n rows over T(1), and one step of
+Medusa (64-row tree), EAGLE (26 rows, 5 draft passes) and lookup (5 rows) over
+an autoregressive step, with each device's default calibration.
 """
 from __future__ import annotations
 
@@ -21,7 +26,9 @@ from tabulate import tabulate
 # Run from a checkout: import this repository's packages, not an installed copy.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hwmodels import InputError, forward_latency, get_device, get_model, known_devices
+from hwmodels import InputError, forward_latency, get_device, get_model, known_devices, step_seconds
+
+STEP_GPUS = ("a100-40gb", "a100-80gb", "h100-sxm", "h200", "rtx-3090", "rtx-4090")
 
 
 def rows_for(device_name: str, context: int) -> dict:
@@ -41,6 +48,16 @@ def rows_for(device_name: str, context: int) -> dict:
             "draft step, 8 branches, SPD (ms)": draft_step.seconds * 1e3}
 
 
+def step_row(device_name: str, context: int) -> dict:
+    device = get_device(device_name)
+    one = forward_latency("vicuna-7b", device, 1, context).seconds
+    row = {"device": device.key, "calibration": device.calibration or "datasheet", "T(1) ms": one * 1e3}
+    row.update({f"T({n})/T(1)": forward_latency("vicuna-7b", device, n, context).seconds / one for n in (8, 26, 64)})
+    for method, rows, passes in (("medusa", 64, ()), ("eagle", 26, (4, 4, 8, 8, 3)), ("lookup", 5, ())):
+        row[f"{method} step / ar"] = step_seconds(method, "vicuna-7b", device, rows, context, draft_rows=passes) / one
+    return row
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--context", type=int, default=1024)
@@ -54,13 +71,16 @@ def main(argv=None) -> int:
             rows.append(rows_for(name, args.context))
         except InputError as exc:
             skipped.append({"device": name, "reason": str(exc)})
+    steps = [step_row(name, args.context) for name in STEP_GPUS]
     if args.json:
-        json.dump({"rows": rows, "skipped": skipped}, sys.stdout, indent=2)
+        json.dump({"rows": rows, "skipped": skipped, "steps": steps}, sys.stdout, indent=2)
         print()
         return 0
     print(tabulate(rows, headers="keys", floatfmt=".3f"))
     for item in skipped:
         print(f"skipped {item['device']}: {item['reason']}")
+    print(f"\nspeculative steps, vicuna-7b, batch 1, context {args.context}:")
+    print(tabulate(steps, headers="keys", floatfmt=".3f"))
     return 0
 
 

@@ -39,7 +39,7 @@ def main() -> None:
     rows = []
     for method in args.methods.split(","):
         started = time.perf_counter()
-        records = workload.records(method, shape_for(config))
+        records = list(workload.records(method, shape_for(config)))
         built = time.perf_counter() - started
         result = run_method(method, records, costs, config.batch)
         total = time.perf_counter() - started
@@ -63,7 +63,7 @@ def _replay_files(workload: Workload, config: SimConfig, costs) -> list:
             write_trace(paths[-1], trace.header, trace.records)
         started = time.perf_counter()
         replay = Workload(traces=load_traces(paths))
-        records = replay.records("sd", shape_for(config))
+        records = list(replay.records("sd", shape_for(config)))
         built = time.perf_counter() - started
         result = run_method("sd", records, costs, config.batch)
         total = time.perf_counter() - started

@@ -56,7 +56,9 @@ CHECKPOINTS = Path(__file__).resolve().parents[1].parent / "shared" / "checkpoin
 MODELS = {"stories15m": "stories15M/stories15M.bin", "stories260k": "stories260K/stories260K.bin"}
 TOKENS = (1, 2, 4, 8, 16, 32, 64)
 CONTEXTS = (16, 64, 128, 256)
-FREE = ["compute_efficiency", "memory_efficiency", "overlap", "dot_overhead_s", "score_overhead_s",
+# compute_efficiency stays at 1 (the micro-benchmark's matmul rate is this CPU's peak): fitted, it
+# wants 1.29, i.e. the kernels beyond the peak, which hw calibrate refuses as unphysical.
+FREE = ["memory_efficiency", "overlap", "dot_overhead_s", "score_overhead_s",
         "pass_overhead_s", "layer_overhead_s"]
 CSV_NAME = "cpu_refimpl"
 CALIBRATION = "cpu-refimpl"

@@ -18,6 +18,7 @@ from tabulate import tabulate
 
 from simulator import SPEC_BENCH, AcceptanceModel, Group, SimConfig, Workload, simulate
 from simulator.cli import DEFAULT_ACCEPTANCE, DEFAULT_COVERAGE
+from simulator.config import TESTBED
 
 METHODS = ["sd", "mirror", "mirror+ss"]
 
@@ -50,7 +51,7 @@ def main() -> None:
     print(tabulate(rows, ["batch", "κ", "SS streams", *METHODS], floatfmt=".2f"))
 
     npu = hwmodels.get_device(base.draft.device)
-    link = hwmodels.get_link(base.link)
+    link = hwmodels.get_link(base.link or TESTBED["link"])
     variants = {
         "testbed": base,
         "NPU x2": dataclasses.replace(base, draft=Group(npu.scaled(2.0), base.draft.tp)),

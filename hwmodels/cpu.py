@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from .devices import Device
+from .hardware import Device
 
 DEFAULTS_SOURCE = "assumption: CPU defaults before calibration against refimpl"
 CPU_CALIBRATION = "cpu-refimpl"  # the default calibration of `cpu`, when shipped

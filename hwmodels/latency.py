@@ -47,7 +47,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .devices import Device, Link, get_device, get_link
+from .devices import get_device, get_link
+from .hardware import Device, Link
 from .dtypes import activation_bytes_per_element, check_dtype, weight_bytes_per_element
 from .errors import InputError
 from .models import ModelShape, get_model
@@ -192,6 +193,23 @@ def time_parts(work: Work, device: Device, peak, link: Link | None) -> dict:
     comm = 0.0 * work.collectives if link is None else work.collectives * allreduce_time(link, work.message_bytes, work.tp)
     return {"compute": blocks[0] + head[0], "memory": blocks[1] + head[1], "overhead": overhead,
             "communication": comm, "compute_time": blocks[2] + head[2], "memory_time": blocks[3] + head[3]}
+
+
+def matmuls_seconds(device: Device, matmuls, tokens: int, dtype: str = "fp16", tp: int = 1) -> float:
+    """The roofline time of dense layers outside a transformer block (draft heads, fusing layers).
+
+    `matmuls` lists (in, out) weight shapes applied to `tokens` rows: 2 FLOP per
+    multiply-add, the weights read once, activations in and out, split over `tp`
+    devices; timed like a block's matmuls (compute efficiency, memory efficiency,
+    overlap), with no fixed overhead of its own.
+    """
+    wb, ab = weight_bytes_per_element(check_dtype(dtype)), activation_bytes_per_element(dtype)
+    weights = sum(i * o for i, o in matmuls)
+    flops = 2 * tokens * weights / tp
+    nbytes = (weights * wb + tokens * sum(i + o for i, o in matmuls) * ab) / tp
+    dots = tokens * sum(o for _, o in matmuls) / tp
+    charged_compute, charged_memory, _, _ = _roofline(flops, nbytes, dots, 0.0, device.peak(dtype), device)
+    return float(charged_compute + charged_memory)
 
 
 def _tp_link(device: Device, tp: int, link) -> Link | None:

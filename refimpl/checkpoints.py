@@ -17,13 +17,15 @@ linear weights are packed once into the batch-invariant tile layout.
 """
 from __future__ import annotations
 
+import math
 import os
 import struct
 from pathlib import Path
 
 import numpy as np
 
-from refimpl.errors import InputError
+from refimpl import formats
+from refimpl.errors import InputError, regular_file_size
 from refimpl.model import Model, ModelConfig
 
 MAGIC = 0x616B3432
@@ -33,14 +35,10 @@ LEGACY_HEADER_BYTES = 28
 
 def read_config(path: Path) -> tuple[ModelConfig, int, str]:
     """(config, byte offset of the first weight, format name) from a checkpoint header."""
+    size = _checkpoint_size(path)
     try:
-        size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(HEADER_V1_BYTES)
-    except FileNotFoundError:
-        raise InputError(f"{path}: checkpoint file not found") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, not a checkpoint file") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read checkpoint ({exc.strerror})") from None
     if len(head) < LEGACY_HEADER_BYTES:
@@ -63,6 +61,14 @@ def read_config(path: Path) -> tuple[ModelConfig, int, str]:
         fmt, offset = "llama2c-legacy", LEGACY_HEADER_BYTES
     config.validate(str(path))
     return config, offset, fmt
+
+
+def _checkpoint_size(path: Path) -> int:
+    """The size of a checkpoint file; InputError when it is missing or not a regular file
+    (a FIFO would block the open, a device would never end)."""
+    if not path.exists() and not path.is_symlink():
+        raise InputError(f"{path}: checkpoint file not found")
+    return regular_file_size(path, "checkpoint")
 
 
 def _config(values: tuple[int, ...], shared: bool) -> ModelConfig:
@@ -91,54 +97,106 @@ def _tensor_shapes(config: ModelConfig, fmt: str) -> list[tuple[str, tuple[int, 
 
 
 def load_model(path: str | os.PathLike) -> Model:
-    """Load and validate a llama2.c checkpoint (legacy or version 1)."""
+    """Load and validate a checkpoint: llama2.c (legacy or version 1), or a format of
+    refimpl.formats (a Hugging Face directory, a GGUF file).
+
+    Nothing is allocated before a llama2.c file's size matches the shape in its header,
+    and what the header alone decides (the RoPE tables of the version-1 format, which
+    does not store them) may be no larger than the file."""
     path = Path(path)
+    fmt = formats.detect(path)
+    if fmt is not None:
+        config, weights = formats.read_dense(path, fmt)
+        return Model.from_dense(config, weights, name=path.stem if path.is_file() else path.name)
+    config, weights = read_llama2c(path)
+    return Model.from_dense(config, weights, name=path.stem)
+
+
+def read_llama2c(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """(config, dense weights in Model.from_dense's names) of a llama2.c checkpoint, mapped."""
     config, offset, fmt = read_config(path)
     shapes = _tensor_shapes(config, fmt)
-    expected = offset + 4 * sum(int(np.prod(s)) for _, s in shapes)
+    expected = offset + 4 * sum(math.prod(s) for _, s in shapes)
     size = path.stat().st_size
     if size < expected:
         raise InputError(f"{path}: truncated checkpoint: {size} bytes, the header implies {expected}")
     if size > expected:
         raise InputError(f"{path}: oversized checkpoint: {size} bytes, the header implies {expected}")
+    rope_bytes = 4 * config.seq_len * config.head_dim   # float32 cos and sin, seq_len x head_dim/2 each
+    if rope_bytes > size:
+        raise InputError(f"{path}: seq_len={config.seq_len} would need {rope_bytes} bytes of RoPE tables, "
+                         f"more than the {size}-byte checkpoint itself; the header is implausible")
     data = np.memmap(path, dtype="<f4", mode="r", offset=offset, shape=((size - offset) // 4,))
     weights, at = {}, 0
     for name, shape in shapes:
-        count = int(np.prod(shape))
+        count = math.prod(shape)
         tensor = data[at:at + count].reshape(shape)
         at += count
-        if not np.isfinite(tensor).all():
+        if not _all_finite(tensor):
             raise InputError(f"{path}: tensor {name} holds non-finite values")
         weights[name] = tensor
-    return Model.from_dense(config, weights, name=path.stem)
+    return config, weights
 
 
-def models_dir() -> Path | None:
-    """The models directory from $MIRRORSTREAM_MODELS, if set."""
+def _all_finite(tensor: np.ndarray, chunk: int = 1 << 22) -> bool:
+    """np.isfinite(tensor).all(), a chunk at a time (no temporary as large as the tensor)."""
+    flat = tensor.reshape(-1)
+    return all(np.isfinite(flat[i:i + chunk]).all() for i in range(0, flat.size, chunk))
+
+
+def models_dir() -> Path:
+    """The models directory: $MIRRORSTREAM_MODELS if set, else `models` under the user's
+    data directory (~/.local/share/mirrorstream/models on Linux), where `mirrorstream pull` installs."""
     env = os.environ.get("MIRRORSTREAM_MODELS")
-    return Path(env) if env else None
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("mirrorstream", appauthor=False)) / "models"
 
 
 def resolve_model(spec: str) -> Path:
     """A checkpoint path from a path or a bare name found in the models directory
-    (NAME/NAME.bin, as ../shared/checkpoints lays them out)."""
+    (NAME/NAME.bin as ../shared/checkpoints lays them out, NAME/NAME.gguf, or NAME/ holding
+    a Hugging Face checkpoint)."""
     path = Path(spec)
-    if path.exists() or os.sep in spec or spec.endswith(".bin"):
+    if path.exists() or os.sep in spec or spec.endswith((".bin", ".gguf")):
         return path
     root = models_dir()
-    if root is None:
-        raise InputError(f"--model {spec}: not a file, and MIRRORSTREAM_MODELS is not set to a models directory")
-    candidate = root / spec / f"{spec}.bin"
-    if not candidate.is_file():
-        known = sorted(p.name for p in root.iterdir() if (p / f"{p.name}.bin").is_file()) if root.is_dir() else []
-        raise InputError(f"--model {spec}: no {candidate}; models in {root}: {', '.join(known) or 'none'}")
-    return candidate
+    found = model_in(root / spec)
+    if found is None:
+        known = [name for name, _ in installed_models(root)]
+        hint = "" if os.environ.get("MIRRORSTREAM_MODELS") else \
+            " (MIRRORSTREAM_MODELS is not set; `mirrorstream pull NAME` installs a known model there)"
+        raise InputError(f"--model {spec}: no {root / spec / (spec + '.bin')}; models in {root}: "
+                         f"{', '.join(known) or 'none'}{hint}")
+    return found
+
+
+def model_in(folder: Path) -> Path | None:
+    """The checkpoint a models-directory entry holds: the folder itself when it is a Hugging
+    Face directory, else NAME/NAME.bin or NAME/NAME.gguf; None when it holds none."""
+    if formats.detect(folder) == "hf":
+        return folder
+    for suffix in (".bin", ".gguf"):
+        if (folder / f"{folder.name}{suffix}").is_file():
+            return folder / f"{folder.name}{suffix}"
+    return None
+
+
+def installed_models(root: Path) -> list[tuple[str, Path]]:
+    """(name, checkpoint path) of every model in a models directory, by name."""
+    if not root.is_dir():
+        return []
+    entries = ((p.name, model_in(p)) for p in sorted(root.iterdir()) if p.is_dir())
+    return [(name, path) for name, path in entries if path is not None]
 
 
 def find_tokenizer(checkpoint: Path) -> Path | None:
-    """The tokenizer beside a checkpoint: tokenizer.model, tokenizer.bin or tok*.bin."""
-    folder = checkpoint.parent
-    for name in ("tokenizer.model", "tokenizer.bin"):
+    """The tokenizer beside a checkpoint file, or inside a checkpoint directory:
+    tokenizer.json, tokenizer.model, tokenizer.bin or tok*.bin."""
+    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    for name in ("tokenizer.json", "tokenizer.model", "tokenizer.bin"):
         if (folder / name).is_file():
             return folder / name
     matches = sorted(folder.glob("tok*.bin"))

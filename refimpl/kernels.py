@@ -9,17 +9,21 @@ reference an oracle: `y = x @ W.T` for a row equals, bit for bit, the float32
 sum `((x0*w0 + x1*w1) + x2*w2) + ...` taken in increasing input index, the same
 value numpy gets by accumulating column by column.
 
-Speed comes from the weight layout instead of from reordering sums. A linear
-layer's weight W (out, in) is packed once into groups of TILE = 64 output
-columns, each stored as 4 strips of STRIP = 16 columns:
+Speed comes from the weight layout and the blocking instead of from reordering
+sums. A linear layer's weight W (out, in) is packed once into groups of TILE = 64
+output columns, each stored as 4 strips of STRIP = 16 columns:
 `P[g, s, i, j] = W[g*64 + s*16 + j, i]`. A group is streamed from memory once
-per pass; the accumulators live in registers (a small stack array, see
-`stack_f32`), and each input value updates 16 or 64 independent accumulators,
-so the compiler vectorises across outputs without touching any sum's order.
-The first row streams the group from memory through the one-row path (four
-strips read at once); the other rows then reuse it from cache four at a time
-(each loaded weight vector feeding four rows), with at most two rows left to
-the one-row path. Threads split the groups; a reduction is never split across
+per pass; the accumulators live in registers (small stack arrays, see
+`stack_f32`), and each input value updates many independent accumulators, so
+the compiler vectorises across outputs without touching any sum's order. One
+row goes alone (64 accumulators); two to seven rows go in blocks of four rows
+by 64 columns (two or three rows fill a block by repeating the last), eight or
+more in blocks of eight rows by 32 columns, so that each weight vector loaded
+feeds four or eight rows. The block that streams the group from memory also
+prefetches what follows (`prefetch`), so the arithmetic of several rows
+overlaps the memory traffic; the other blocks reuse the group from cache. A
+last partial block reaches back to rows already done and recomputes them, to
+the same bits. Threads split the groups; a reduction is never split across
 threads.
 
 Attention follows the same rule: a query's scores are dot products summed over
@@ -29,13 +33,41 @@ softmax uses `exp_nonpositive`, our own float32 exp, not the platform's libm.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange, types
-from numba.core import cgutils
+from numba.core import cgutils, event
 from numba.extending import intrinsic
 
+COMPILE_NOTICE = "mirrorstream: compiling kernels, once (numba caches them for later runs)..."
+
+
+class _CompileNotice(event.Listener):
+    """Prints COMPILE_NOTICE on stderr, once per process, when a kernel of this module must
+    be compiled (not loaded from numba's cache), and only if stderr is a terminal: a first
+    run pauses for a while, and a person watching should know why; logs stay quiet."""
+
+    def __init__(self):
+        self.shown = False
+
+    def on_start(self, ev):
+        if self.shown or getattr(ev.data["dispatcher"].py_func, "__module__", None) != __name__:
+            return
+        self.shown = True
+        if sys.stderr is not None and sys.stderr.isatty():
+            print(COMPILE_NOTICE, file=sys.stderr, flush=True)
+
+    def on_end(self, ev):
+        pass
+
+
+event.register("numba:compile", _CompileNotice())
+
 TILE = 64    # output columns per packed group
-STRIP = 16   # output columns per strip (two AVX registers)
+STRIP = 16   # output columns per strip (one AVX-512 register)
+PAIR = 32    # two strips: the columns of one eight-row block
 
 
 @intrinsic
@@ -59,6 +91,26 @@ def stack_f32(typingctx, size):
     return array_type(size), codegen
 
 
+@intrinsic
+def prefetch(typingctx, array, offset):
+    """Hint the CPU to bring the cache line of array's element at flat (C-order) index
+    offset into cache. Only a hint: it never faults, even past the array's end."""
+    if not isinstance(array, types.Array) or not isinstance(offset, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        byte_ptr = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        # read, keep in all cache levels, data cache
+        builder.call(fn, [builder.bitcast(builder.gep(data, [args[1]]), byte_ptr), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(array, types.intp), codegen
+
+
 def pack_linear(weight: np.ndarray) -> np.ndarray:
     """Pack a (out, in) weight into (ceil(out/64), 4, in, 16) strips, zero-padded."""
     n_out, n_in = weight.shape
@@ -74,41 +126,104 @@ def padded_width(n_out: int) -> int:
     return -(-n_out // TILE) * TILE
 
 
-@njit(cache=True)
-def _four_rows(x, r, group, out, col0):
-    """Rows r..r+3 of one group, strip by strip; each weight vector feeds four rows."""
+@njit(cache=True, nogil=True)
+def _four_rows(x, r0, r1, r2, r3, packed, g, ahead, out):
+    """Rows r0..r3 of group g (a row may repeat: it is then computed twice, to the same
+    bits), all four strips at once (4 x 64 accumulators, 16 AVX-512 registers): each weight
+    vector loaded feeds four rows. It also prefetches the weights `ahead` floats further on
+    (the next group, for the block that streams from memory), so that memory traffic
+    overlaps the arithmetic instead of alternating with it."""
     n_in = x.shape[1]
-    for s in range(TILE // STRIP):
-        a0 = stack_f32(STRIP)
-        a1 = stack_f32(STRIP)
-        a2 = stack_f32(STRIP)
-        a3 = stack_f32(STRIP)
-        for j in range(STRIP):
-            a0[j] = 0.0
-            a1[j] = 0.0
-            a2[j] = 0.0
-            a3[j] = 0.0
-        strip = group[s]
-        for i in range(n_in):
-            x0 = x[r, i]
-            x1 = x[r + 1, i]
-            x2 = x[r + 2, i]
-            x3 = x[r + 3, i]
+    group = packed[g]
+    a0 = stack_f32(TILE)
+    a1 = stack_f32(TILE)
+    a2 = stack_f32(TILE)
+    a3 = stack_f32(TILE)
+    for j in range(TILE):
+        a0[j] = 0.0
+        a1[j] = 0.0
+        a2[j] = 0.0
+        a3[j] = 0.0
+    for i in range(n_in):
+        x0 = x[r0, i]
+        x1 = x[r1, i]
+        x2 = x[r2, i]
+        x3 = x[r3, i]
+        for s in range(TILE // STRIP):
+            prefetch(packed, ((g * (TILE // STRIP) + s) * n_in + i) * STRIP + ahead)
+        for s in range(TILE // STRIP):
             for j in range(STRIP):
-                w = strip[i, j]
-                a0[j] += x0 * w
-                a1[j] += x1 * w
-                a2[j] += x2 * w
-                a3[j] += x3 * w
-        c = col0 + s * STRIP
-        for j in range(STRIP):
-            out[r, c + j] = a0[j]
-            out[r + 1, c + j] = a1[j]
-            out[r + 2, c + j] = a2[j]
-            out[r + 3, c + j] = a3[j]
+                w = group[s, i, j]
+                a0[s * STRIP + j] += x0 * w
+                a1[s * STRIP + j] += x1 * w
+                a2[s * STRIP + j] += x2 * w
+                a3[s * STRIP + j] += x3 * w
+    c = g * TILE
+    for j in range(TILE):
+        out[r0, c + j] = a0[j]
+        out[r1, c + j] = a1[j]
+        out[r2, c + j] = a2[j]
+        out[r3, c + j] = a3[j]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
+def _eight_rows(x, r, packed, g, s0, ahead, out):
+    """Rows r..r+7 of group g, strips s0 and s0+1 (8 x 32 accumulators, 16 AVX-512
+    registers): each weight vector loaded feeds eight rows. Prefetches `ahead` floats on."""
+    n_in = x.shape[1]
+    group = packed[g]
+    a0 = stack_f32(PAIR)
+    a1 = stack_f32(PAIR)
+    a2 = stack_f32(PAIR)
+    a3 = stack_f32(PAIR)
+    a4 = stack_f32(PAIR)
+    a5 = stack_f32(PAIR)
+    a6 = stack_f32(PAIR)
+    a7 = stack_f32(PAIR)
+    for j in range(PAIR):
+        a0[j] = 0.0
+        a1[j] = 0.0
+        a2[j] = 0.0
+        a3[j] = 0.0
+        a4[j] = 0.0
+        a5[j] = 0.0
+        a6[j] = 0.0
+        a7[j] = 0.0
+    for i in range(n_in):
+        for s in range(2):
+            prefetch(packed, ((g * (TILE // STRIP) + s0 + s) * n_in + i) * STRIP + ahead)
+        x0 = x[r, i]
+        x1 = x[r + 1, i]
+        x2 = x[r + 2, i]
+        x3 = x[r + 3, i]
+        x4 = x[r + 4, i]
+        x5 = x[r + 5, i]
+        x6 = x[r + 6, i]
+        x7 = x[r + 7, i]
+        for s in range(2):
+            for j in range(STRIP):
+                w = group[s0 + s, i, j]
+                a0[s * STRIP + j] += x0 * w
+                a1[s * STRIP + j] += x1 * w
+                a2[s * STRIP + j] += x2 * w
+                a3[s * STRIP + j] += x3 * w
+                a4[s * STRIP + j] += x4 * w
+                a5[s * STRIP + j] += x5 * w
+                a6[s * STRIP + j] += x6 * w
+                a7[s * STRIP + j] += x7 * w
+    c = g * TILE + s0 * STRIP
+    for j in range(PAIR):
+        out[r, c + j] = a0[j]
+        out[r + 1, c + j] = a1[j]
+        out[r + 2, c + j] = a2[j]
+        out[r + 3, c + j] = a3[j]
+        out[r + 4, c + j] = a4[j]
+        out[r + 5, c + j] = a5[j]
+        out[r + 6, c + j] = a6[j]
+        out[r + 7, c + j] = a7[j]
+
+
+@njit(cache=True, nogil=True)
 def _one_row(x, r, group, out, col0):
     """Row r of one group, all four strips at once (64 accumulators)."""
     n_in = x.shape[1]
@@ -126,24 +241,46 @@ def _one_row(x, r, group, out, col0):
         out[r, col0 + j] = a[j]
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
+def _matmul_group(x, packed, g, out):
+    """Columns g*64..g*64+63 of out = x @ W.T for every row: the group's work unit.
+
+    One row: 64 accumulators, the group streamed once. Two to seven rows: blocks of
+    four rows by 64 columns (two or three rows fill a block by repeating the last).
+    Eight or more: blocks of eight rows by 32 columns. The first block streams the
+    group from memory and prefetches what follows; the others reuse it from cache.
+    A last partial block reaches back to rows already done and recomputes them:
+    every element's sum is the same whichever block computes it, so the bits are."""
+    n_rows = x.shape[0]
+    if n_rows == 1:
+        _one_row(x, 0, packed[g], out, g * TILE)
+    elif n_rows < 8:
+        ahead = packed.shape[1] * packed.shape[2] * packed.shape[3]  # one group on
+        r = 0
+        while r < n_rows:
+            start = max(min(r, n_rows - 4), 0)
+            last = n_rows - 1
+            _four_rows(x, start, min(start + 1, last), min(start + 2, last), min(start + 3, last),
+                       packed, g, ahead if r == 0 else 0, out)
+            r = start + 4
+    else:
+        ahead = 2 * packed.shape[2] * packed.shape[3]  # two strips on
+        r = 0
+        while r < n_rows:
+            start = min(r, n_rows - 8)
+            _eight_rows(x, start, packed, g, 0, ahead if r == 0 else 0, out)
+            _eight_rows(x, start, packed, g, 2, ahead if r == 0 else 0, out)
+            r = start + 8
+
+
+@njit(parallel=True, cache=True, nogil=True)
 def matmul(x, packed, out):
     """out (n, padded_width) = x (n, in) @ W.T for a weight packed by pack_linear."""
-    n_rows = x.shape[0]
     for g in prange(packed.shape[0]):
-        group, col0 = packed[g], g * TILE
-        _one_row(x, 0, group, out, col0)  # streams the group from memory, four strips at once
-        r = 1
-        while n_rows - r >= 3:  # then four rows at a time from cache
-            start = min(r, n_rows - 4)  # a last group of three reaches back a row: recomputed, same bits
-            _four_rows(x, start, group, out, col0)
-            r = start + 4
-        while r < n_rows:
-            _one_row(x, r, group, out, col0)
-            r += 1
+        _matmul_group(x, packed, g, out)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def rmsnorm(x, weight, eps, out):
     """out[r] = weight * x[r] / sqrt(mean(x[r]^2) + eps), the sum taken in order."""
     n_rows, dim = x.shape
@@ -164,7 +301,7 @@ def rope_tables(max_positions: int, head_dim: int, theta: float) -> tuple[np.nda
     return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def apply_rope(x, n_heads, head_dim, positions, cos, sin):
     """Rotate each (even, odd) pair of every head of x (n, n_heads*head_dim) in place."""
     for r in range(x.shape[0]):
@@ -183,7 +320,7 @@ def apply_rope(x, n_heads, head_dim, positions, cos, sin):
 LANES = 16  # keys scored together: 16 floats (two AVX registers), four such groups when it can
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _key_scores(q, r, qo, k_t, ko, head_dim, n_slots, s):
     """s[slot] = q[r, head] . k[slot, head] for slots 0..n_slots-1, each summed over d in order.
 
@@ -239,7 +376,7 @@ def _key_scores(q, r, qo, k_t, ko, head_dim, n_slots, s):
 MAX_HEAD_DIM = 256  # the stack accumulator of one head's output (ModelConfig.validate enforces it)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _weighted_values(p, base, mask, r, v_cache, ko, head_dim, out_row, qo):
     """out_row[qo + d] = sum over the visible slots, in slot order, of p[slot] * v[slot, ko + d]."""
     acc = stack_f32(MAX_HEAD_DIM)
@@ -255,7 +392,7 @@ def _weighted_values(p, base, mask, r, v_cache, ko, head_dim, out_row, qo):
         out_row[qo + d] = acc[d]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def exp_nonpositive(x):
     """e^x for x <= 0 in float32 with our own fixed arithmetic (range reduction by ln 2,
     a degree-6 polynomial, a power-of-two table), so softmax weights do not depend on
@@ -277,7 +414,40 @@ def exp_nonpositive(x):
 POW2_NEGATIVE = np.array([2.0 ** -k for k in range(127)], dtype=np.float32)
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
+def _attend(q, k_t, v_cache, base, mask, n_heads, n_kv_heads, head_dim, task, scores, out):
+    """One (row, head) task of `attention`: scores, softmax and weighted values."""
+    n_rows = q.shape[0]
+    n_slots = base + n_rows
+    r = task // n_heads
+    h = task % n_heads
+    qo = h * head_dim
+    ko = (h // (n_heads // n_kv_heads)) * head_dim
+    scale = np.float32(1.0) / np.sqrt(np.float32(head_dim))
+    s = scores[task]
+    _key_scores(q, r, qo, k_t, ko, head_dim, n_slots, s)
+    m = np.float32(-np.inf)
+    for slot in range(n_slots):
+        s[slot] = s[slot] * scale
+    for slot in range(base):
+        m = max(m, s[slot])
+    for i in range(n_rows):
+        if mask[r, i]:
+            m = max(m, s[base + i])
+    for slot in range(n_slots):
+        s[slot] = exp_nonpositive(s[slot] - m)
+    total = np.float32(0.0)
+    for slot in range(base):
+        total += s[slot]
+    for i in range(n_rows):
+        if mask[r, i]:
+            total += s[base + i]
+    for slot in range(n_slots):
+        s[slot] = s[slot] / total
+    _weighted_values(s, base, mask, r, v_cache, ko, head_dim, out[r], qo)
+
+
+@njit(parallel=True, cache=True, nogil=True)
 def attention(q, k_t, v_cache, base, mask, n_heads, n_kv_heads, head_dim, scores, out):
     """Multi-head (grouped-query) attention of n new rows over the cache.
 
@@ -288,39 +458,11 @@ def attention(q, k_t, v_cache, base, mask, n_heads, n_kv_heads, head_dim, scores
     k_t: (kv_dim, slots) and v_cache: (slots, kv_dim) of one layer, new rows
     already written. scores: scratch (n*n_heads, base+n). out: (n, n_heads*head_dim).
     """
-    n_rows = q.shape[0]
-    n_slots = base + n_rows
-    group = n_heads // n_kv_heads
-    scale = np.float32(1.0) / np.sqrt(np.float32(head_dim))
-    for task in prange(n_rows * n_heads):
-        r = task // n_heads
-        h = task % n_heads
-        qo = h * head_dim
-        ko = (h // group) * head_dim
-        s = scores[task]
-        _key_scores(q, r, qo, k_t, ko, head_dim, n_slots, s)
-        m = np.float32(-np.inf)
-        for slot in range(n_slots):
-            s[slot] = s[slot] * scale
-        for slot in range(base):
-            m = max(m, s[slot])
-        for i in range(n_rows):
-            if mask[r, i]:
-                m = max(m, s[base + i])
-        for slot in range(n_slots):
-            s[slot] = exp_nonpositive(s[slot] - m)
-        total = np.float32(0.0)
-        for slot in range(base):
-            total += s[slot]
-        for i in range(n_rows):
-            if mask[r, i]:
-                total += s[base + i]
-        for slot in range(n_slots):
-            s[slot] = s[slot] / total
-        _weighted_values(s, base, mask, r, v_cache, ko, head_dim, out[r], qo)
+    for task in prange(q.shape[0] * n_heads):
+        _attend(q, k_t, v_cache, base, mask, n_heads, n_kv_heads, head_dim, task, scores, out)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def swiglu(gate, up, out):
     """out = silu(gate) * up, elementwise."""
     for r in range(out.shape[0]):
@@ -329,7 +471,7 @@ def swiglu(gate, up, out):
             out[r, i] = g * (np.float32(1.0) / (np.float32(1.0) + np.exp(-g))) * up[r, i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def add_into(x, y):
     """x += y, elementwise."""
     for r in range(x.shape[0]):
@@ -337,40 +479,83 @@ def add_into(x, y):
             x[r, i] += y[r, i]
 
 
-@njit(cache=True)
-def transformer_layer(h, positions, base, mask, cos, sin, eps, n_heads, n_kv_heads,
-                      attn_norm, wqkv, wo, ffn_norm, w13, w2, k_t, v_cache):
+@njit(cache=True, nogil=True)
+def add_bias(x, bias):
+    """x[r] += bias, elementwise (Qwen2's q/k/v biases, added after the matmul's sum)."""
+    for r in range(x.shape[0]):
+        for i in range(bias.shape[0]):
+            x[r, i] += bias[i]
+
+
+@njit(cache=True, nogil=True)
+def head_rmsnorm(x, n_heads, head_dim, weight, eps):
+    """RMSNorm of every head of x (n, n_heads*head_dim) in place, over the head's dimensions
+    in order (Qwen3's q/k norm); the same arithmetic as rmsnorm."""
+    for r in range(x.shape[0]):
+        for h in range(n_heads):
+            base = h * head_dim
+            ss = np.float32(0.0)
+            for i in range(head_dim):
+                ss += x[r, base + i] * x[r, base + i]
+            scale = np.float32(1.0) / np.sqrt(ss / np.float32(head_dim) + eps)
+            for i in range(head_dim):
+                x[r, base + i] = weight[i] * (scale * x[r, base + i])
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def transformer_layer(h, positions, base, mask, cos, sin, eps, n_heads, n_kv_heads, head_dim,
+                      attn_norm, wqkv, bqkv, q_norm, k_norm, wo, ffn_norm, w13, w2, k_t, v_cache):
     """One pre-norm Llama block on the residual stream h (n, dim), in place.
 
     Writes the new rows' keys and values into this layer's cache (k_t is
     (kv_dim, slots), v_cache (slots, kv_dim)) at slots base..base+n-1, then attends.
+    Queries are n_heads*head_dim wide (head_dim need not be dim/n_heads). Optional
+    parts, off when their array is empty: bqkv, a bias added to q|k|v after the
+    matmul (Qwen2); q_norm/k_norm (head_dim,), an RMSNorm of each q and k head
+    before RoPE (Qwen3).
+
+    Its parallel loops are its own, never calls to the parallel kernels above: numba
+    (0.63, issue 8578) records "start the thread pool on load" in a parallel function's
+    own cache entry only, not in that of a caller linking a callee loaded from the cache;
+    such a caller, cached in one process, jumps to a null pointer in the next (SIGSEGV)
+    unless something else started the pool (tests/refimpl/test_compile_cache.py).
     """
     n, dim = h.shape
-    head_dim = dim // n_heads
+    q_dim = n_heads * head_dim
     kv_dim = n_kv_heads * head_dim
     hidden = w2.shape[2]  # packed (groups, strips, in, STRIP)
     x = np.empty((n, dim), np.float32)
     rmsnorm(h, attn_norm, eps, x)
     qkv = np.empty((n, wqkv.shape[0] * TILE), np.float32)
-    matmul(x, wqkv, qkv)
-    q = qkv[:, :dim]
-    k = qkv[:, dim:dim + kv_dim]
+    for g in prange(wqkv.shape[0]):
+        _matmul_group(x, wqkv, g, qkv)
+    if bqkv.shape[0] > 0:
+        add_bias(qkv, bqkv)
+    q = qkv[:, :q_dim]
+    k = qkv[:, q_dim:q_dim + kv_dim]
+    if q_norm.shape[0] > 0:
+        head_rmsnorm(q, n_heads, head_dim, q_norm, eps)
+        head_rmsnorm(k, n_kv_heads, head_dim, k_norm, eps)
     apply_rope(q, n_heads, head_dim, positions, cos, sin)
     apply_rope(k, n_kv_heads, head_dim, positions, cos, sin)
     for r in range(n):
         for i in range(kv_dim):
             k_t[i, base + r] = k[r, i]
-            v_cache[base + r, i] = qkv[r, dim + kv_dim + i]
-    att = np.empty((n, dim), np.float32)
+            v_cache[base + r, i] = qkv[r, q_dim + kv_dim + i]
+    att = np.empty((n, q_dim), np.float32)
     scores = np.empty((n * n_heads, base + n), np.float32)
-    attention(q, k_t, v_cache, base, mask, n_heads, n_kv_heads, head_dim, scores, att)
+    for task in prange(n * n_heads):
+        _attend(q, k_t, v_cache, base, mask, n_heads, n_kv_heads, head_dim, task, scores, att)
     o = np.empty((n, wo.shape[0] * TILE), np.float32)
-    matmul(att, wo, o)
+    for g in prange(wo.shape[0]):
+        _matmul_group(att, wo, g, o)
     add_into(h, o[:, :dim])
     rmsnorm(h, ffn_norm, eps, x)
     gate_up = np.empty((n, w13.shape[0] * TILE), np.float32)
-    matmul(x, w13, gate_up)
+    for g in prange(w13.shape[0]):
+        _matmul_group(x, w13, g, gate_up)
     act = np.empty((n, hidden), np.float32)
     swiglu(gate_up[:, :hidden], gate_up[:, hidden:2 * hidden], act)
-    matmul(act, w2, o)
+    for g in prange(w2.shape[0]):
+        _matmul_group(act, w2, g, o)
     add_into(h, o[:, :dim])

@@ -37,6 +37,7 @@ import numpy as np
 from refimpl.errors import InputError
 
 MASK64 = (1 << 64) - 1
+MIN_TEMPERATURE = 1e-6   # a float32 logit (< 2^128) over it stays far from float64's overflow
 
 # Purposes: independent random streams at the same position.
 SAMPLE = 0       # the target's own token at a position
@@ -56,6 +57,8 @@ class SamplingSettings:
     def __post_init__(self):
         if not np.isfinite(self.temperature) or self.temperature < 0:
             raise InputError(f"--temperature {self.temperature}: must be a finite number >= 0")
+        if 0 < self.temperature < MIN_TEMPERATURE:   # logits / T would overflow to inf, then NaN
+            raise InputError(f"--temperature {self.temperature}: must be 0 (greedy) or at least {MIN_TEMPERATURE}")
         if self.top_k < 0:
             raise InputError(f"--top-k {self.top_k}: must be >= 0 (0 disables it)")
         if not (0.0 < self.top_p <= 1.0):

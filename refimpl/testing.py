@@ -24,11 +24,12 @@ def random_weights(config: ModelConfig, seed: int = 0, logit_scale: float = 4.0)
     def normal(*shape, fan_in):
         return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
 
+    Q, HD = c.q_dim, c.head_dim
     weights = {
         "token_embedding": normal(V, D, fan_in=4 * D),
         "attn_norm": (1 + 0.1 * rng.standard_normal((L, D))).astype(np.float32),
-        "wq": normal(L, D, D, fan_in=D), "wk": normal(L, KV, D, fan_in=D),
-        "wv": normal(L, KV, D, fan_in=D), "wo": normal(L, D, D, fan_in=D),
+        "wq": normal(L, Q, D, fan_in=D), "wk": normal(L, KV, D, fan_in=D),
+        "wv": normal(L, KV, D, fan_in=D), "wo": normal(L, D, Q, fan_in=Q),
         "ffn_norm": (1 + 0.1 * rng.standard_normal((L, D))).astype(np.float32),
         "w1": normal(L, H, D, fan_in=D), "w2": normal(L, D, H, fan_in=H), "w3": normal(L, H, D, fan_in=D),
         "final_norm": np.ones(D, dtype=np.float32),
@@ -37,6 +38,11 @@ def random_weights(config: ModelConfig, seed: int = 0, logit_scale: float = 4.0)
         weights["final_norm"] *= np.float32(logit_scale)
     else:
         weights["classifier"] = normal(V, D, fan_in=D) * np.float32(logit_scale)
+    if c.qkv_bias:
+        weights.update(bq=normal(L, Q, fan_in=4), bk=normal(L, KV, fan_in=4), bv=normal(L, KV, fan_in=4))
+    if c.qk_norm:
+        weights.update(q_norm=(1 + 0.2 * rng.standard_normal((L, HD))).astype(np.float32),
+                       k_norm=(1 + 0.2 * rng.standard_normal((L, HD))).astype(np.float32))
     return weights
 
 
@@ -44,8 +50,12 @@ def random_model(config: ModelConfig, seed: int = 0) -> Model:
     return Model.from_dense(config, random_weights(config, seed), name=f"random-{seed}")
 
 
-def tiny_configs():
-    """hypothesis strategy of small, varied model shapes (GQA, odd sizes, tied or not)."""
+ARCHITECTURES = ("llama", "qwen2", "qwen3")  # the block variants the kernels implement (see ModelConfig)
+
+
+def tiny_configs(arch: str = "llama"):
+    """hypothesis strategy of small, varied model shapes (GQA, odd sizes, tied or not) of one
+    architecture: llama; qwen2 (q/k/v biases); qwen3 (q/k norms, head size apart from dim/heads)."""
     from hypothesis import strategies as st
 
     @st.composite
@@ -53,10 +63,17 @@ def tiny_configs():
         n_kv_heads = draw(st.integers(1, 3))
         n_heads = n_kv_heads * draw(st.integers(1, 3))
         head_dim = 2 * draw(st.integers(1, 6))
-        return ModelConfig(dim=n_heads * head_dim, hidden_dim=draw(st.integers(3, 70)),
+        dim = n_heads * head_dim
+        extra = {}
+        if arch == "qwen2":
+            extra = dict(qkv_bias=True)
+        elif arch == "qwen3":
+            dim = draw(st.integers(4, 40))
+            extra = dict(qk_norm=True, head_size=head_dim if head_dim * n_heads != dim else None)
+        return ModelConfig(dim=dim, hidden_dim=draw(st.integers(3, 70)),
                            n_layers=draw(st.integers(1, 3)), n_heads=n_heads, n_kv_heads=n_kv_heads,
                            vocab_size=draw(st.integers(5, 90)), seq_len=draw(st.integers(24, 80)),
-                           shared_classifier=draw(st.booleans()))
+                           shared_classifier=draw(st.booleans()), arch=arch, **extra)
 
     return configs()
 

@@ -27,14 +27,41 @@ Record fields (all counts are per sequence):
   pass, batched (one per early-exit candidate and depth).
 - ``coverage_hit`` (optional, Mirror-SD): whether a precomputed branch covered
   the target's correction, so the next window is ready (false: fallback).
+- ``exit_hit`` (optional, Mirror-SD): whether the target's token after the
+  accepted prefix (correction or bonus) was among the early-exit top-κ at that
+  position (coverage Ω_κ); ``coverage_hit`` can still be false when the branch
+  was pruned (``--max-branches``) or did not fit.
 - ``wall_s`` (optional): seconds the step took on the recording machine.
+- ``wall_parts`` (optional): how ``wall_s`` splits, seconds by part name; for
+  ``mirror``: "prefix" (target layers 1..ℓe and the early-exit head),
+  "suffix" (layers ℓe+1..N and verification), "draft" (branch rollouts, on the
+  second thread with ``--overlap``), "wait" (the target waiting for the draft at
+  the second rendezvous), "fallback" (a fresh rollout after a miss).
 - ``prefill`` (optional, default false): the record is the prompt's prefill
   pass (``context`` 0, ``target_tokens`` = prompt length, ``emitted`` 1).
+
+Contexts follow on: a trace describes one prompt's decoding, so a prefill can
+only be the first record, the first decode record's ``context`` is the
+header's ``prompt_tokens``, and each later record's ``context`` is the previous
+one's plus what it committed (``emitted``). Counts are bounded so that no
+record can ask a replay for unbounded work: a context and the rows of a pass
+are at most `MAX_CONTEXT` tokens, the draft passes, proposals and branches of
+one step at most `MAX_STEP`.
+
+``mean_accepted`` (the one definition, used by ``generate --json`` and by
+``simulate``): tokens the target accepted per decoding pass, the bonus/correction
+token included (``accepted + 1``; Spec-Bench's "mean accepted tokens", 1.0 for
+plain decoding); the prefill is not a decoding pass and is left out.
 
 ``params`` by method (written by ``mirrorstream generate --trace``): ``ar`` {};
 ``sd`` {"gamma", "tree_k" (1: a chain), "verify" ("match" or "rejection"), and
 "draft_layers" when the draft is the target's first layers}; ``lookup``
-{"gamma", "ngram"}. For ``sd`` and ``lookup``, ``target_tokens`` counts the
+{"gamma", "ngram"}; ``mirror`` {"gamma", "exit_layer", "kappa", "max_branches",
+"overlap", and "draft_layers" as for sd}. A ``mirror`` record's draft passes are
+the branch rollouts that ran beside the target's suffix layers
+(``draft_tokens_per_pass`` per branch, ``branches`` of them); a fallback's
+fresh chain of the same depth runs before the next step (``coverage_hit``
+false). For ``sd`` and ``lookup``, ``target_tokens`` counts the
 pending token plus every proposed node (``proposed`` = ``target_tokens`` - 1),
 and the first draft pass of a step also runs the tokens committed since the
 draft's previous pass, so ``draft_tokens_per_pass`` is a list when passes differ.
@@ -54,6 +81,10 @@ from refimpl.errors import InputError, read_text
 
 SCHEMA = "mirrorstream.trace"
 VERSION = 1
+#: Most tokens of one context, and most query rows of one pass (a prefill's rows are its prompt).
+MAX_CONTEXT = 2**24
+#: Most draft passes, proposed tokens and branches of one decoding step.
+MAX_STEP = 2**16
 
 
 @dataclass
@@ -85,6 +116,8 @@ class StepRecord:
     coverage_hit: bool | None = None
     wall_s: float | None = None
     prefill: bool = False
+    exit_hit: bool | None = None
+    wall_parts: dict | None = None
 
     def draft_token_list(self) -> list[int]:
         """Query rows of each draft pass, one entry per pass."""
@@ -106,7 +139,7 @@ class StepRecord:
 
 _REQUIRED = ("context", "target_tokens", "draft_passes", "draft_tokens_per_pass",
              "proposed", "accepted", "emitted")
-_OPTIONAL = ("branches", "coverage_hit", "wall_s")
+_OPTIONAL = ("branches", "coverage_hit", "wall_s", "exit_hit", "wall_parts")
 _RECORD_KEYS = frozenset(f.name for f in fields(StepRecord))
 _HEADER_KEYS = frozenset(f.name for f in fields(TraceHeader))
 
@@ -115,9 +148,17 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_count(name: str, value: Any, minimum: int = 0) -> None:
+def _check_count(name: str, value: Any, minimum: int = 0, maximum: int | None = None) -> None:
     if not _is_int(value) or value < minimum:
-        raise ValueError(f"'{name}' must be an integer >= {minimum}, got {value!r}")
+        raise ValueError(f"'{name}' must be an integer >= {minimum}, got {_short(value)}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"'{name}' is {value}, more than this schema allows ({maximum})")
+
+
+def _short(value: Any) -> str:
+    """repr of a value, cut so that an error message stays one short line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def validate_header(header: TraceHeader) -> None:
@@ -140,32 +181,82 @@ def validate_header(header: TraceHeader) -> None:
 
 def validate_record(record: StepRecord) -> None:
     """Raise ValueError naming the first field of the record that is wrong."""
-    for name in ("context", "draft_passes", "proposed", "accepted", "emitted"):
-        _check_count(name, getattr(record, name))
-    _check_count("target_tokens", record.target_tokens, minimum=1)
+    _check_count("context", record.context, maximum=MAX_CONTEXT)
+    for name in ("draft_passes", "proposed", "accepted", "emitted"):
+        _check_count(name, getattr(record, name), maximum=MAX_STEP)
+    _check_count("target_tokens", record.target_tokens, minimum=1, maximum=MAX_CONTEXT)
     per_pass = record.draft_tokens_per_pass
     if isinstance(per_pass, list):
         if len(per_pass) != record.draft_passes:
             raise ValueError(f"'draft_tokens_per_pass' has {len(per_pass)} entries for "
                              f"{record.draft_passes} draft passes")
         for n in per_pass:
-            _check_count("draft_tokens_per_pass", n, minimum=1)
+            _check_count("draft_tokens_per_pass", n, minimum=1, maximum=MAX_CONTEXT)
     else:
-        _check_count("draft_tokens_per_pass", per_pass, minimum=1 if record.draft_passes else 0)
+        _check_count("draft_tokens_per_pass", per_pass, minimum=1 if record.draft_passes else 0,
+                     maximum=MAX_CONTEXT)
     if record.accepted > record.proposed:
         raise ValueError(f"'accepted' ({record.accepted}) exceeds 'proposed' ({record.proposed})")
     if record.emitted > record.accepted + 1:
         raise ValueError(f"'emitted' ({record.emitted}) exceeds 'accepted' + 1 ({record.accepted + 1})")
     if record.branches is not None:
-        _check_count("branches", record.branches, minimum=1)
+        _check_count("branches", record.branches, minimum=1, maximum=MAX_STEP)
     if record.coverage_hit is not None and not isinstance(record.coverage_hit, bool):
-        raise ValueError(f"'coverage_hit' must be true, false or absent, got {record.coverage_hit!r}")
+        raise ValueError(f"'coverage_hit' must be true, false or absent, got {_short(record.coverage_hit)}")
     if record.wall_s is not None:
         wall = record.wall_s
         if isinstance(wall, bool) or not isinstance(wall, (int, float)) or not math.isfinite(wall) or wall < 0:
-            raise ValueError(f"'wall_s' must be a finite number of seconds >= 0, got {wall!r}")
+            raise ValueError(f"'wall_s' must be a finite number of seconds >= 0, got {_short(wall)}")
     if not isinstance(record.prefill, bool):
-        raise ValueError(f"'prefill' must be true or false, got {record.prefill!r}")
+        raise ValueError(f"'prefill' must be true or false, got {_short(record.prefill)}")
+    _check_mirror_fields(record)
+
+
+def _check_mirror_fields(record: StepRecord) -> None:
+    if record.exit_hit is not None and not isinstance(record.exit_hit, bool):
+        raise ValueError(f"'exit_hit' must be true, false or absent, got {type(record.exit_hit).__name__}")
+    if record.wall_parts is None:
+        return
+    if not isinstance(record.wall_parts, dict) or len(record.wall_parts) > 16:
+        raise ValueError("'wall_parts' must be an object of at most 16 named seconds")
+    for name, seconds in record.wall_parts.items():
+        if (not isinstance(name, str) or len(name) > 32 or isinstance(seconds, bool)
+                or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0):
+            raise ValueError("'wall_parts' must map short names to finite seconds >= 0")
+
+
+def follow_on_fault(header: TraceHeader, records: list[StepRecord]) -> tuple[int, str] | None:
+    """(index, message) of the first record that breaks the follow-on rule (a prefill after
+    the first record, a context other than the prompt plus the tokens committed before it),
+    or None when the records describe one prompt's decoding."""
+    expected = header.prompt_tokens
+    for index, record in enumerate(records):
+        if record.prefill:
+            if index or record.context:
+                return index, "a prefill must be the first record, at context 0"
+            expected = record.target_tokens
+            continue
+        if record.context != expected:
+            before = "the prompt has" if index == 0 else "the records before it leave"
+            return index, f"'context' is {record.context}, but {before} {expected} tokens"
+        expected = record.context + record.emitted
+    return None
+
+
+def accepted_lengths(records: Iterable[StepRecord]) -> list[int]:
+    """Tokens each decoding pass accepted, bonus included (accepted + 1); prefills left out."""
+    return [r.accepted + 1 for r in records if not r.prefill]
+
+
+def mean_accepted_of(accepted: int, passes: int) -> float:
+    """`mean_accepted` from totals: the draft tokens accepted over `passes` decoding passes."""
+    return (accepted + passes) / passes if passes else 0.0
+
+
+def mean_accepted(records: Iterable[StepRecord]) -> float:
+    """Tokens per decoding pass, bonus included (see the module docstring); 0.0 without one."""
+    lengths = accepted_lengths(records)
+    return mean_accepted_of(sum(lengths) - len(lengths), len(lengths))
 
 
 class TraceWriter:
@@ -215,6 +306,10 @@ def _parse_line(path: Path, lineno: int, line: str) -> dict:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise InputError(f"{path}:{lineno}: JSON nested too deeply") from None
+    except ValueError as exc:       # e.g. an integer of more digits than Python converts
+        raise InputError(f"{path}:{lineno}: not valid JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise InputError(f"{path}:{lineno}: expected a JSON object")
     return obj
@@ -222,13 +317,14 @@ def _parse_line(path: Path, lineno: int, line: str) -> dict:
 
 def _header_from(path: Path, obj: dict) -> TraceHeader:
     if obj.get("schema") != SCHEMA:
-        raise InputError(f"{path}:1: not a mirrorstream trace (schema {obj.get('schema')!r}, expected {SCHEMA!r})")
-    if obj.get("version") != VERSION:
-        raise InputError(f"{path}:1: trace schema version {obj.get('version')!r} is not supported "
+        raise InputError(f"{path}:1: not a mirrorstream trace (schema {_short(obj.get('schema'))}, "
+                         f"expected {SCHEMA!r})")
+    if not _is_int(obj.get("version")) or obj.get("version") != VERSION:
+        raise InputError(f"{path}:1: trace schema version {_short(obj.get('version'))} is not supported "
                          f"(this reader knows version {VERSION})")
     unknown = sorted(set(obj) - _HEADER_KEYS)
     if unknown:
-        raise InputError(f"{path}:1: unknown header field(s) {', '.join(unknown)}")
+        raise InputError(f"{path}:1: unknown header field(s) {_short(', '.join(unknown))}")
     if "method" not in obj:
         raise InputError(f"{path}:1: header lacks 'method'")
     header = TraceHeader(**obj)
@@ -245,7 +341,7 @@ def _record_from(path: Path, lineno: int, obj: dict) -> StepRecord:
         raise InputError(f"{path}:{lineno}: record lacks {', '.join(repr(m) for m in missing)}")
     unknown = sorted(set(obj) - _RECORD_KEYS)
     if unknown:
-        raise InputError(f"{path}:{lineno}: unknown record field(s) {', '.join(unknown)}")
+        raise InputError(f"{path}:{lineno}: unknown record field(s) {_short(', '.join(unknown))}")
     record = StepRecord(**obj)
     try:
         validate_record(record)
@@ -262,8 +358,13 @@ def read_trace(path: str | Path) -> tuple[TraceHeader, list[StepRecord]]:
     if not lines or not lines[0].strip():
         raise InputError(f"{path}:1: empty trace (expected a header line)")
     header = _header_from(path, _parse_line(path, 1, lines[0]))
-    records = []
+    records, linenos = [], []
     for lineno, line in enumerate(lines[1:], start=2):
         if line.strip():
             records.append(_record_from(path, lineno, _parse_line(path, lineno, line)))
+            linenos.append(lineno)
+    fault = follow_on_fault(header, records)
+    if fault is not None:
+        index, message = fault
+        raise InputError(f"{path}:{linenos[index]}: {message}")
     return header, records

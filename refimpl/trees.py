@@ -145,3 +145,31 @@ class TokenTree:
 def full_tree_size(k: int, depth: int) -> int:
     """Nodes of the full k-ary tree of the given depth, root included."""
     return sum(k ** d for d in range(depth + 1))
+
+
+# -- speculative streams (refimpl.streams): extra rows in the last layers -----------------------
+
+def stream_positions(node_positions: np.ndarray, nodes, n_streams: int) -> np.ndarray:
+    """RoPE positions of stream rows, the one place they are stated: every stream of a
+    node sits at the node's own position (the stream embedding, not RoPE, tells how far
+    ahead a stream looks). Rows are node-major: node nodes[0]'s streams 1..n, then the next."""
+    return np.repeat(np.asarray(node_positions, dtype=np.int64)[list(nodes)], n_streams)
+
+
+def stream_mask(mask: np.ndarray, nodes, n_streams: int) -> np.ndarray:
+    """The mask of a pass whose n tree rows (ancestor mask `mask`) are followed by
+    n_streams stream rows for each node in `nodes` (node-major, as stream_positions):
+
+    - tree rows see what `mask` allows and never a stream row (v1: the main stream
+      does not attend to the streams);
+    - stream j of node i sees node i and its ancestors, and streams 1..j of node i.
+    """
+    n, m = mask.shape[0], len(nodes) * n_streams
+    out = np.zeros((n + m, n + m), dtype=np.bool_)
+    out[:n, :n] = mask
+    lower = np.tri(n_streams, dtype=np.bool_)
+    for index, node in enumerate(nodes):
+        rows = slice(n + index * n_streams, n + (index + 1) * n_streams)
+        out[rows, :n] = mask[node]
+        out[rows, rows] = lower
+    return out

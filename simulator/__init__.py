@@ -4,8 +4,10 @@ Python API (see `simulator.simulate`): `simulate(Workload(...), SimConfig(...), 
 """
 from .config import Group, SimConfig, kappa_for_batch
 from .costs import ConstantCosts, HardwareCosts
+from .serving import ServingResult, poisson_arrivals, read_arrivals, serve
 from .simulate import MethodResult, run_method, simulate
 from .workload import SPEC_BENCH, AcceptanceModel, Task, Workload, load_traces
 
 __all__ = ["AcceptanceModel", "ConstantCosts", "Group", "HardwareCosts", "MethodResult", "SPEC_BENCH",
-           "SimConfig", "Task", "Workload", "kappa_for_batch", "load_traces", "run_method", "simulate"]
+           "ServingResult", "SimConfig", "Task", "Workload", "kappa_for_batch", "load_traces", "poisson_arrivals",
+           "read_arrivals", "run_method", "serve", "simulate"]

@@ -9,7 +9,7 @@ correction was covered; one miss puts a fresh rollout on the critical path.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import zip_longest
+from itertools import islice, zip_longest
 
 from refimpl.trace import StepRecord
 
@@ -46,13 +46,14 @@ def _merge(records: list[StepRecord]) -> Step:
                 sum(r.emitted for r in records), any(r.prefill for r in records))
 
 
-def batch_steps(prompts: list[list[StepRecord]], batch: int):
-    """Batched steps of all prompts, batches taken in order; a generator."""
+def batch_steps(prompts, batch: int):
+    """Batched steps of all prompts (an iterable of per-prompt record lists), batches taken in
+    order; a generator that holds one batch of prompts at a time."""
+    prompts = iter(prompts)
     if batch == 1:
         for records in prompts:
             yield from map(_single, records)
         return
-    for first in range(0, len(prompts), batch):
-        group = prompts[first:first + batch]
+    while group := list(islice(prompts, batch)):
         for index in range(max(len(records) for records in group)):
             yield _merge([records[index] for records in group if index < len(records)])

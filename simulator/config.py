@@ -1,4 +1,10 @@
-"""What is simulated: models, device groups, the link, and the speculation parameters."""
+"""What is simulated: models, device groups, the link, and the speculation parameters.
+
+The defaults are the Mirror-SD paper's testbed, and they apply to the testbed only:
+its TP 8 and unified-memory link come with its devices (`TESTBED`); any other
+pair of devices gets TP 1 unless told, and the link the two devices' shared
+tensor-parallel link when they are the same device, else it must be named.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -27,6 +33,44 @@ class Group:
         return self.devices // self.tp
 
 
+#: The Mirror-SD testbed (mirror-sd.md §6): 8 M2 Ultras, the target on their GPUs, the draft on their
+#: Neural Engines, the two meeting through each machine's unified memory.
+TESTBED = {"target_hw": "m2-ultra-gpu", "draft_hw": "m2-ultra-ane", "tp": 8, "draft_tp": 8,
+           "link": "m2-ultra-unified"}
+
+
+def _device_key(device) -> str:
+    """A device's catalog key, from its name ('KEY@CALIBRATION' included) or a hwmodels Device."""
+    return str(getattr(device, "key", device)).partition("@")[0]
+
+
+def is_testbed(target_hw, draft_hw) -> bool:
+    return _device_key(target_hw) == TESTBED["target_hw"] and _device_key(draft_hw) == TESTBED["draft_hw"]
+
+
+def default_link(target_device, draft_device):
+    """The link between the target and draft groups when none is named (see the module docstring).
+
+    `target_device`/`draft_device` are hwmodels Devices."""
+    if target_device.key == TESTBED["target_hw"] and draft_device.key == TESTBED["draft_hw"]:
+        return TESTBED["link"]
+    if target_device.key == draft_device.key and target_device.tp_link is not None:
+        return target_device.tp_link
+    raise InputError(f"--link: name the link between {target_device.key} and {draft_device.key} "
+                     f"(the testbed's unified memory is only the default for "
+                     f"{TESTBED['target_hw']} + {TESTBED['draft_hw']})")
+
+
+def check_tensor_parallel(shape, tp: int, option: str) -> None:
+    """Tensor parallelism splits attention heads: the query heads must divide by `tp`, and the
+    KV heads divide by it or be replicated evenly (tp a multiple of them)."""
+    if shape.n_heads % tp:
+        raise InputError(f"{option}: {tp} does not divide the {shape.n_heads} attention heads of {shape.name}")
+    if shape.n_kv_heads % tp and tp % shape.n_kv_heads:
+        raise InputError(f"{option}: {tp} neither divides nor is a multiple of the {shape.n_kv_heads} "
+                         f"KV heads of {shape.name}")
+
+
 def kappa_for_batch(batch: int) -> int:
     """Mirror-SD's κ by batch size (mirror-sd.md §8.4): 8 up to B = 8, then 4, 2, and 1 from B = 64."""
     if batch <= 8:
@@ -48,14 +92,15 @@ class SimConfig:
     """One simulated system. Defaults: the Mirror-SD paper's testbed (mirror-sd.md §6, §9).
 
     `kappa`, `exit_layer` and `ss_streams` left at None follow the paper's rules
-    (κ by batch, ℓe = N/2, SS streams by batch).
+    (κ by batch, ℓe = N/2, SS streams by batch); `link` left at None is the testbed's
+    unified memory on the testbed's devices (set here), else `default_link` (in the cost model).
     """
 
     target_model: Any = "qwen3-32b"
     draft_model: Any = "qwen3-0.6b"
     target: Group = field(default_factory=lambda: Group("m2-ultra-gpu", tp=8))
     draft: Group = field(default_factory=lambda: Group("m2-ultra-ane", tp=8))
-    link: Any = "m2-ultra-unified"
+    link: Any = None
     dtype: str = "fp16"
     draft_dtype: str | None = None
     gamma: int = 7
@@ -66,12 +111,15 @@ class SimConfig:
     tree_nodes: int | None = None
     branches: int | None = None
     draft_sharding: str = "spd"
+    draft_on_target: bool = False     # the draft shares the target's devices (their work queues)
 
     def __post_init__(self):
-        for name, minimum in (("gamma", 0), ("batch", 1), ("kappa", 1), ("exit_layer", 1),
-                              ("ss_streams", 0), ("tree_nodes", 1), ("branches", 1)):
+        if self.link is None and is_testbed(self.target.device, self.draft.device):
+            object.__setattr__(self, "link", TESTBED["link"])
+        for name, minimum in (("gamma", 1), ("batch", 1), ("kappa", 1), ("exit_layer", 1),
+                              ("ss_streams", 1), ("tree_nodes", 1), ("branches", 1)):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < minimum):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < minimum):
                 raise InputError(f"--{name.replace('_', '-')}: must be an integer >= {minimum}, got {value!r}")
         for role, group in (("target", self.target), ("draft", self.draft)):
             option = "--tp" if role == "target" else "--draft-tp"

@@ -9,7 +9,11 @@ A cost model answers five questions (seconds):
 - ``rollout(draft_rows, context, batch, branches)``: the draft passes of one step, one
   after another; Mirror-SD's branches share the committed prefix (its KV cache is
   read once per sequence, as in tree attention), so a pass has rows x branches rows;
-- ``heads(kind, rows, context, batch)``: one Medusa-head / EAGLE-draft pass on the target's devices;
+- ``heads(kind, rows, context, batch)``: one Medusa-heads / EAGLE-draft / Hydra-head pass on the
+  target's devices (`hwmodels.steps`: Medusa's heads each have their own classifier; EAGLE's draft
+  pass is a fusing layer, one decoder block and the classifier; every pass pays a launch overhead);
+- ``host(method, step)``: the host work a speculative step adds over an autoregressive one (building
+  candidates and the tree mask, sampling and verifying, compacting the cache; `hwmodels.steps`);
 - ``early_exit_message(step)`` / ``verdict_message(step)``: Mirror-SD's two rendezvous.
 """
 from __future__ import annotations
@@ -18,7 +22,7 @@ import math
 from dataclasses import dataclass
 
 from .batching import Step
-from .config import SimConfig
+from .config import SimConfig, check_tensor_parallel, default_link
 from .errors import InputError
 
 #: Token channel payload per candidate: an int32 id and a bf16 log-prob (mirror-sd.md §3.1, §13).
@@ -39,7 +43,7 @@ class HardwareCosts:
         self.draft_shape = hwmodels.get_model(config.draft_model)
         self.target_device = hwmodels.get_device(config.target.device)
         self.draft_device = hwmodels.get_device(config.draft.device)
-        self.link = hwmodels.get_link(config.link)
+        self.link = hwmodels.get_link(config.link or default_link(self.target_device, self.draft_device))
         self.n_layers = self.target_shape.n_layers
         self.exit_layer = config.exit_layer if config.exit_layer is not None else self.n_layers // 2
         if not 1 <= self.exit_layer < self.n_layers:
@@ -57,6 +61,7 @@ class HardwareCosts:
         """The devices support the dtypes and hold the weights (hwmodels' checks, one-line errors)."""
         groups = ((self.target_shape, self.target_device, self.config.target, self.config.dtype, "target"),
                   (self.draft_shape, self.draft_device, self.config.draft, self.draft_dtype, "draft"))
+        check_tensor_parallel(self.target_shape, self.config.target.tp, "--tp")
         for shape, device, group, dtype, role in groups:
             if not device.supports(dtype):
                 raise InputError(f"--{role}-hw: device {device.key} does not support {dtype} "
@@ -95,10 +100,17 @@ class HardwareCosts:
                           lambda: sum(self.draft(rows * branches, context, batch) for rows in draft_rows))
 
     def heads(self, kind: str, rows: int, context: int, batch: int) -> float:
-        """A Medusa-heads or EAGLE-draft pass, modelled as one target block plus the LM head."""
-        return self._memo(("heads", rows, context, batch), lambda: self._forward(
-            self.target_shape, self.target_device, self.config.target, self.config.dtype, rows, context, batch,
-            layers=(self.n_layers - 1, self.n_layers), classifier=True))
+        """One drafting pass from the target's hidden states: Medusa heads, an EAGLE draft pass, a Hydra head."""
+        group = self.config.target
+        return self._memo(("heads", kind, rows, context, batch), lambda: self._hw.head_pass_seconds(
+            kind, self.target_shape, self.target_device, rows, context, batch=math.ceil(batch / group.replicas),
+            tp=group.tp, dtype=self.config.dtype))
+
+    def host(self, method: str, step: Step) -> float:
+        """Host work of one step of `method` beyond an autoregressive step's (0 for ar)."""
+        group = self.config.target
+        return self._memo(("host", method, step.rows, step.batch), lambda: self._hw.host_seconds(
+            method, self.target_device, step.rows, math.ceil(step.batch / group.replicas)))
 
     def _message(self, nbytes: int) -> float:
         return self._memo(("link", nbytes), lambda: self._hw.link_latency(self.link, nbytes))
@@ -116,7 +128,8 @@ class HardwareCosts:
 class ConstantCosts:
     """Fixed per-pass times, whatever the rows, context or batch: the paper's latency law by hand.
 
-    A full target pass costs `target_prefix + target_suffix`; each rendezvous costs `rendezvous`.
+    A full target pass costs `target_prefix + target_suffix`; each rendezvous costs `rendezvous`;
+    a speculative step's host work costs `host_step`.
     """
 
     target_prefix: float
@@ -124,6 +137,7 @@ class ConstantCosts:
     draft_pass: float
     rendezvous: float = 0.0
     heads_pass: float = 0.0
+    host_step: float = 0.0
 
     def target(self, rows: int, context: int, batch: int, part: str = "full") -> float:
         if part == "prefix":
@@ -140,6 +154,9 @@ class ConstantCosts:
 
     def heads(self, kind: str, rows: int, context: int, batch: int) -> float:
         return self.heads_pass
+
+    def host(self, method: str, step: Step) -> float:
+        return 0.0 if method == "ar" else self.host_step
 
     def early_exit_message(self, step: Step) -> float:
         return self.rendezvous

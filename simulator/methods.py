@@ -22,10 +22,24 @@ def ar(sim: Simulation, steps, costs):
 
 
 def sd(sim: Simulation, steps, costs):
-    """Vanilla speculative decoding: the draft's passes, then one target verification pass."""
+    """Vanilla speculative decoding: the draft's passes, then one target verification pass, then host work."""
     for step in sim.steps(steps):
         yield from sim.serial(("draft", "draft", _draft_seconds(costs, step)),
-                              ("target", "target", costs.target(step.rows, step.context, step.batch)))
+                              ("target", "target", costs.target(step.rows, step.context, step.batch)),
+                              *_host(costs, "sd", step))
+
+
+def lookup(sim: Simulation, steps, costs):
+    """Prompt lookup decoding: n-grams matched on the host, then one target verification pass."""
+    for step in sim.steps(steps):
+        yield from sim.serial(("target", "target", costs.target(step.rows, step.context, step.batch)),
+                              *_host(costs, "lookup", step))
+
+
+def _host(costs, method: str, step: Step) -> tuple:
+    """The host work of a speculative step as a segment, or none (a prefill is an autoregressive pass)."""
+    seconds = 0.0 if step.prefill else costs.host(method, step)
+    return (("target", "host", seconds),) if seconds else ()
 
 
 def ss(sim: Simulation, steps, costs):
@@ -36,16 +50,23 @@ def ss(sim: Simulation, steps, costs):
 def _with_heads(kind: str):
     def method(sim: Simulation, steps, costs):
         for step in sim.steps(steps):
-            heads = sum(costs.heads(kind, rows, step.context, step.batch) for rows in step.draft_rows)
+            if kind == "medusa":   # the heads read the hidden state of every verified row
+                passes = (step.rows,) if step.draft_rows and not step.prefill else ()
+            else:
+                passes = step.draft_rows
+            heads = sum(costs.heads(kind, rows, step.context, step.batch) for rows in passes)
             yield from sim.serial(("target", "heads", heads),
-                                  ("target", "target", costs.target(step.rows, step.context, step.batch)))
+                                  ("target", "target", costs.target(step.rows, step.context, step.batch)),
+                                  *_host(costs, kind, step))
     method.__name__ = kind
-    method.__doc__ = f"{kind.capitalize()}: the drafting {kind} passes on the target's devices, then one target pass."
+    method.__doc__ = (f"{kind.capitalize()}: the drafting {kind} passes on the target's devices, one target pass, "
+                      f"host work.")
     return method
 
 
 medusa = _with_heads("medusa")
 eagle = _with_heads("eagle")
+hydra = _with_heads("hydra")
 
 
 def mirror(sim: Simulation, steps, costs):
@@ -86,4 +107,5 @@ def _prefill(sim: Simulation, step: Step, costs):
 
 
 #: Method name -> process. `mirror+ss` is `mirror` on records whose draft passes emit several tokens.
-METHODS = {"ar": ar, "sd": sd, "ss": ss, "medusa": medusa, "eagle": eagle, "mirror": mirror, "mirror+ss": mirror}
+METHODS = {"ar": ar, "sd": sd, "ss": ss, "medusa": medusa, "eagle": eagle, "hydra": hydra, "lookup": lookup,
+           "mirror": mirror, "mirror+ss": mirror}

@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from refimpl.trace import mean_accepted_of
+
 from .batching import batch_steps
 from .config import SimConfig
 from .costs import HardwareCosts
@@ -52,7 +54,7 @@ class MethodResult:
             "tpot_s": decode_seconds / c["decode_tokens"] if c["decode_tokens"] else 0.0,
             "prefill_s": self.prefill_seconds,
             "steps": c["steps"],
-            "mean_accepted": c["accepted"] / per_sequence_step,
+            "mean_accepted": mean_accepted_of(c["accepted"], c["sequence_steps"]),
             "mean_emitted": c["decode_tokens"] / per_sequence_step,
             "fallback_rate": c["misses"] / c["steps"] if self.method.startswith("mirror") and c["steps"] else 0.0,
             "utilisation": {d: (self.busy[d] / self.seconds if self.seconds else 0.0) for d in DEVICES},
@@ -71,11 +73,12 @@ def _check_method(method: str) -> None:
         raise InputError(f"--methods: unknown method {method!r} (known: {', '.join(METHODS)})")
 
 
-def run_method(method: str, prompts, costs, batch: int = 1, timeline_steps: int = 0) -> MethodResult:
+def run_method(method: str, prompts, costs, batch: int = 1, timeline_steps: int = 0,
+               draft_on_target: bool = False) -> MethodResult:
     """Simulate one method over per-prompt step records (lists of StepRecord)."""
     _check_method(method)
     started = time.perf_counter()
-    sim = Simulation(timeline_steps)
+    sim = Simulation(timeline_steps, draft_on_target)
     seconds = sim.run(METHODS[method](sim, batch_steps(prompts, batch), costs))
     return MethodResult(method, seconds, sim.prefill_seconds, dict(sim.counts), dict(sim.busy),
                         dict(sim.breakdown), sim.spans, time.perf_counter() - started)
@@ -89,6 +92,9 @@ def simulate(workload: Workload, config: SimConfig, methods=("ar", "sd", "mirror
     called before each method runs.
     """
     costs = costs if costs is not None else HardwareCosts(config)
+    target_shape = getattr(costs, "target_shape", None)
+    if target_shape is not None and target_shape.max_position_embeddings > 0:
+        workload.check_context(target_shape.max_position_embeddings, target_shape.name)
     shape = shape_for(config)
     names = ["ar", *(m for m in dict.fromkeys(methods) if m != "ar")]
     for name in names:
@@ -97,7 +103,8 @@ def simulate(workload: Workload, config: SimConfig, methods=("ar", "sd", "mirror
     for name in names:
         if progress is not None:
             progress(name)
-        results[name] = run_method(name, workload.records(name, shape), costs, config.batch, timeline_steps)
+        results[name] = run_method(name, workload.records(name, shape), costs, config.batch, timeline_steps,
+                                   config.draft_on_target)
     for result in results.values():
         result.speedup = results["ar"].seconds / result.seconds if result.seconds else float("nan")
     return results

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from refimpl.trace import StepRecord, TraceHeader, read_trace
+from refimpl.trace import MAX_CONTEXT, StepRecord, TraceHeader, read_trace
 
 from .errors import InputError
 
@@ -190,6 +190,9 @@ def _step_shaper(method: str, shape: Shape):
         "ss": tree_step(lambda proposed: 0),
         "medusa": tree_step(lambda proposed: 1),
         "eagle": tree_step(lambda proposed: proposed),
+        "hydra": tree_step(lambda proposed: proposed),
+        "lookup": lambda context, proposed, accepted, emitted, hit: StepRecord(
+            context, proposed + 1, 0, 0, proposed, accepted, emitted),
         "mirror": mirror(1),
         "mirror+ss": mirror(max(shape.ss_tokens, 1)),
     }
@@ -212,14 +215,35 @@ class Trace:
 
 
 def load_traces(paths: list[str]) -> list[Trace]:
-    """Read trace files (one prompt each); schema faults surface as one-line InputErrors."""
+    """Read trace files (one prompt each); schema faults, and header models that hwmodels
+    cannot time, surface as one-line InputErrors."""
     traces = []
     for path in paths:
         header, records = read_trace(path)
         if not records:
             raise InputError(f"{path}: trace has no step records")
+        for role in ("target", "draft"):
+            trace_model(header, role, path)
         traces.append(Trace(header, records, source=str(path)))
     return traces
+
+
+def trace_model(header: TraceHeader, role: str, source="trace"):
+    """The hwmodels shape the header names for `role` ("target" or "draft"; None for no draft):
+    a catalog name, or a config.json-style shape (named by its "name" key)."""
+    import hwmodels
+
+    named = getattr(header, role)
+    if named is None:
+        return None
+    try:
+        if isinstance(named, dict):
+            return hwmodels.ModelShape.from_config(str(named.get("name", f"{role} of {source}"))[:60], named)
+        return hwmodels.get_model(named)
+    except hwmodels.InputError as exc:
+        raise InputError(f"{source}:1: header's {role}: {exc}") from None
+    except (TypeError, ValueError, KeyError, OverflowError) as exc:
+        raise InputError(f"{source}:1: header's {role} is not a model shape ({exc.__class__.__name__})") from None
 
 
 def replay_methods(source: str) -> list[str]:
@@ -269,20 +293,26 @@ def _fill_mirror(records: list[StepRecord], drawn: np.ndarray, shape: Shape) -> 
 
 
 def synthesize(method: str, tasks: list[Task], model: AcceptanceModel, shape: Shape, seed: int = 0,
-               prefill: bool = True) -> list[Trace]:
-    """Synthetic traces of `method` for every prompt of `tasks` (prompt indices run across tasks)."""
-    traces = []
+               prefill: bool = True, target="qwen3-32b", draft="qwen3-0.6b") -> list[Trace]:
+    """Synthetic traces of `method` for every prompt of `tasks` (prompt indices run across tasks);
+    `target`/`draft` are only the names their headers give."""
+    return list(iter_synthesize(method, tasks, model, shape, seed, prefill, target, draft))
+
+
+def iter_synthesize(method: str, tasks: list[Task], model: AcceptanceModel, shape: Shape, seed: int = 0,
+                    prefill: bool = True, target="qwen3-32b", draft="qwen3-0.6b"):
+    """`synthesize`, one prompt at a time (memory: one prompt's records)."""
     index = 0
     for task in tasks:
         for _ in range(task.prompts):
             budget = task.new_tokens - 1 if prefill else task.new_tokens  # the prefill emits one
             outcomes = synthesize_outcomes(model, shape.gamma, budget, seed, index)
             header = TraceHeader(method=method, params={"gamma": shape.gamma, "kappa": shape.kappa},
-                                 target="synthetic", seed=seed, prompt_tokens=task.prompt_tokens)
+                                 target=target, draft=draft if method != "ar" else None, seed=seed,
+                                 prompt_tokens=task.prompt_tokens)
             records = shape_records(method, task.prompt_tokens, outcomes, shape, prefill=prefill)
-            traces.append(Trace(header, records, source=f"synthetic:{task.name}#{index}"))
+            yield Trace(header, records, source=f"synthetic:{task.name}#{index}")
             index += 1
-    return traces
 
 
 @dataclass
@@ -302,16 +332,35 @@ class Workload:
     def __post_init__(self):
         if self.traces is None and not self.tasks:
             raise InputError("workload: give traces or at least one task")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise InputError(f"--seed: must be an integer >= 0, got {self.seed!r}")
         for task in self.tasks or ():
             if task.prompts < 1 or task.prompt_tokens < 1 or task.new_tokens < 1:
                 raise InputError(f"--prompts/--prompt-tokens/--new-tokens: task {task.name} needs at least "
                                  f"1 prompt of 1 token generating 1 token, got {task.prompts}/"
                                  f"{task.prompt_tokens}/{task.new_tokens}")
+        self.check_context(MAX_CONTEXT, "the trace schema")
 
-    def records(self, method: str, shape: Shape) -> list[list[StepRecord]]:
-        """One list of step records per prompt, shaped for `method`."""
+    def check_context(self, limit: int, model: str) -> None:
+        """InputError unless every prompt's KV context fits in `limit` tokens (`model`'s window); the
+        last generated token needs no cache slot (llama2.c's rule)."""
+        for task in (self.tasks or []) if self.traces is None else []:
+            needed = task.prompt_tokens + task.new_tokens - 1       # the last token needs no cache slot
+            if needed > limit:
+                raise InputError(f"--new-tokens/--prompt-tokens: task {task.name}'s {task.prompt_tokens} prompt + "
+                                 f"{task.new_tokens} new tokens need {needed} tokens of context, more than "
+                                 f"the {limit}-token context of {model}")
+        for trace in self.traces or ():
+            last = trace.records[-1]
+            end = last.context + (last.target_tokens if last.prefill else last.emitted)
+            if end > limit:
+                raise InputError(f"{trace.source}: the trace reaches {end} tokens of context, more than "
+                                 f"the {limit}-token context of {model}")
+
+    def records(self, method: str, shape: Shape):
+        """Step records shaped for `method`, one list per prompt: a generator, one prompt at a time."""
         if self.traces is None:
-            return [t.records for t in synthesize(method, self.tasks, self.acceptance, shape, self.seed,
-                                                  self.prefill)]
-        return [records_for(method, trace, shape, self.acceptance, i, self.seed)
-                for i, trace in enumerate(self.traces)]
+            return (t.records for t in iter_synthesize(method, self.tasks, self.acceptance, shape, self.seed,
+                                                       self.prefill))
+        return (records_for(method, trace, shape, self.acceptance, i, self.seed)
+                for i, trace in enumerate(self.traces))

@@ -11,13 +11,22 @@ Methods that take parameters check them when called, before the first step.
 
 - ar: plain autoregressive decoding, the baseline;
 - sd: a draft model proposes a chain or tree (params draft, gamma, tree_k, verify);
-- lookup: prompt lookup decoding (params gamma, ngram).
+- lookup: prompt lookup decoding (params gamma, ngram);
+- mirror: Mirror-SD, early exit + branch rollouts (params draft, gamma, exit_layer,
+  kappa, max_branches, overlap);
+- ss: Speculative Streaming (params streams, gamma, tree_k, verify, schedule, prune_threshold);
+- medusa: Medusa-1 heads (params heads, gamma, tree_k, verify).
 """
 from refimpl.decoding.ar import autoregressive
 from refimpl.decoding.common import Generation, generate
 from refimpl.decoding.lookup import prompt_lookup
+from refimpl.decoding.medusa import medusa
+from refimpl.decoding.mirror import mirror
 from refimpl.decoding.sd import speculative
+from refimpl.decoding.ss import speculative_streaming
 
-METHODS = {"ar": autoregressive, "sd": speculative, "lookup": prompt_lookup}
+METHODS = {"ar": autoregressive, "sd": speculative, "lookup": prompt_lookup, "mirror": mirror,
+           "ss": speculative_streaming, "medusa": medusa}
 
-__all__ = ["METHODS", "Generation", "autoregressive", "generate", "prompt_lookup", "speculative"]
+__all__ = ["METHODS", "Generation", "autoregressive", "generate", "medusa", "mirror", "prompt_lookup", "speculative",
+           "speculative_streaming"]

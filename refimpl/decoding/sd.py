@@ -122,6 +122,9 @@ def check_params(target, draft, prompt_ids, gamma: int, tree_k: int, verify: str
         raise InputError(f"--tree-k {tree_k}: must be >= 1 (1: a chain)")
     if verify not in VERIFY_RULES:
         raise InputError(f"--verify {verify!r}: must be one of {', '.join(VERIFY_RULES)}")
+    if len(prompt_ids) + gamma >= target.config.seq_len:   # before the tree's size: k**gamma is unbounded
+        raise InputError(f"--gamma {gamma}: a tree that deep after a prompt of {len(prompt_ids)} tokens "
+                         f"exceeds the cache of {target.config.seq_len} slots")
     nodes = full_tree_size(tree_k, gamma)
     if len(prompt_ids) + nodes > target.config.seq_len:
         raise InputError(f"--tree-k {tree_k} --gamma {gamma}: a tree of {nodes} nodes after a prompt of "

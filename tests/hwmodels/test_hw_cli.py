@@ -1,5 +1,6 @@
 """`mirrorstream hw ...`: JSON shapes and one-line errors with exit status 2."""
 import json
+import os
 import subprocess
 import sys
 
@@ -65,7 +66,21 @@ def test_calibrate_json(capsys, tmp_path):
     assert fitted["seconds"] == pytest.approx(out["points"][3]["fitted_s"], rel=1e-9)
 
 
+def test_step_json_adds_up_and_matches_the_api(capsys):
+    import hwmodels
+    out = run_json(capsys, "step", "--method", "eagle", "--device", "a100-80gb", "--model", "vicuna-7b",
+                   "--tokens", "26", "--context", "512", "--draft-rows", "4,4,8,8,3")
+    assert out["seconds"] == pytest.approx(sum(out["parts"].values()))
+    assert out["seconds"] == pytest.approx(hwmodels.step_seconds("eagle", "vicuna-7b", "a100-80gb", 26, 512,
+                                                                 draft_rows=(4, 4, 8, 8, 3)), rel=1e-12)
+    assert out["ratio_to_ar"] == pytest.approx(out["seconds"] / out["ar_seconds"]) and out["ratio_to_ar"] > 1.2
+
+
 @pytest.mark.parametrize("argv, match", [
+    (["step", "--method", "eagle", "--device", "a100", "--model", "vicuna-7b", "--draft-rows", "4,x"],
+     "--draft-rows: expected comma-separated"),
+    (["step", "--method", "sd", "--device", "a100", "--model", "vicuna-7b", "--draft-rows", "1"], "--draft-model:"),
+    (["step", "--method", "medusa", "--device", "a100", "--model", "vicuna-7b", "--heads", "0"], "heads: medusa needs"),
     (["latency", "--device", "tpu-v9", "--model", "qwen3-32b"], "unknown device 'tpu-v9' (known: a100-40gb"),
     (["latency", "--device", "h100", "--model", "gpt-5"], "unknown model 'gpt-5' (known: codellama-34b"),
     (["latency", "--device", "h100", "--model", "qwen3-32b", "--tokens", "0"], "tokens: must be >= 1"),
@@ -82,15 +97,52 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, match):
     assert match in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("text, match", [("device,model,n\nh100,x,1\n", "missing column"),
-                                         ("device,model,n,L,B,G,seconds\nh100-sxm,qwen3-32b,1,0,1,1,abc\n",
-                                          "not a number")])
-def test_bad_calibration_csv(capsys, tmp_path, text, match):
+HEADER = "device,model,n,L,B,G,seconds\n"
+
+
+@pytest.mark.parametrize("data, match", [
+    (b"device,model,n\nh100,x,1\n", "missing column"),
+    (HEADER.encode() + b"h100-sxm,qwen3-32b,1,0,1,1,abc\n", "line 2: column seconds is not a number"),
+    (HEADER.encode() + b"# a comment\nh100-sxm,qwen3-32b,1,0,1,1,1e300\n", "line 3: column seconds = 1e300 is beyond"),
+    (HEADER.encode() + b"h100-sxm,qwen3-32b,1,0,1,1,0.02\nh100-sxm,qwen3-32b,1,0,1,1,0.\xe9\n", "line 3: not UTF-8"),
+    (HEADER.encode() + b"h100-sxm,qwen3-32b,1,0,1,1,0.02\n", "1 measurement(s) for 2 free parameter(s)"),
+    (HEADER.encode() + b"h100-sxm,qwen3-32b,1,0,1,1,0.03\nh100-sxm,qwen3-32b,1,900,1,1,0.031\n"
+     b"h100-sxm,qwen3-32b,1,2000,1,1,0.032\nh100-sxm,qwen3-32b,1,3000,1,1,0.033\na100,qwen3-32b,1,0,1,1,0.05\n",
+     "device a100-80gb has 1 measurement(s) for its 2 parameter(s)"),
+    (HEADER.encode() + b"h100-sxm,qwen3-32b,1,0,1,1,0.02\nh100-sxm,qwen3-32b,1,100,1,1,0.0201\n"
+     b"h100-sxm,nomodel,1,0,1,1,0.02\n", "line 4: model: unknown model 'nomodel'"),
+    # Qwen3-32B in fp16 is 65.5 GB: reading it in 1 ms needs 65 TB/s, 20x the H100's 3.35 TB/s.
+    (HEADER.encode() + b"h100-sxm,qwen3-32b,1,0,1,1,0.001\nh100-sxm,qwen3-32b,1,2048,1,1,0.00101\n"
+     b"h100-sxm,qwen3-32b,1,4096,1,1,0.00102\n", "needs memory_efficiency = "),
+])
+def test_bad_calibration_csv(capsys, tmp_path, data, match):
     path = tmp_path / "bad.csv"
-    path.write_text(text)
+    path.write_bytes(data)
     assert main(["hw", "calibrate", str(path)]) == 2
     err = capsys.readouterr().err
     assert match in err and str(path) in err and err.count("\n") == 1
+
+
+def test_calibration_table_that_is_a_fifo_is_refused_at_once(capsys, tmp_path):
+    path = tmp_path / "pipe.csv"
+    os.mkfifo(path)
+    assert main(["hw", "calibrate", str(path)]) == 2
+    assert "not a regular file" in capsys.readouterr().err
+
+
+def test_calibration_csv_with_a_byte_order_mark_is_read(capsys, tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes("\ufeff".encode() + measurements_path("tgi_codellama34b").read_bytes())
+    out = run_json(capsys, "calibrate", str(path), "--free", "pass_overhead_s", "--shared", "link_alpha_s")
+    assert out["summary"]["points"] == 6
+
+
+def test_one_row_fits_no_parameter_but_reports_its_error(capsys, tmp_path):
+    """With no free parameter, one point is a prediction: its error is reported, not a 0.0 % fit."""
+    path = tmp_path / "one.csv"
+    path.write_text(HEADER + "h100-sxm,qwen3-32b,1,0,1,1,0.030\n")
+    out = run_json(capsys, "calibrate", str(path), "--free", "")
+    assert out["summary"]["max_abs_error"] > 0.1
 
 
 def test_console_script_exit_status():

@@ -61,7 +61,7 @@ def test_calibrations_apply_and_unknown_ones_fail():
     raw, calibrated = get_device("h100-sxm@datasheet"), get_device("h100-sxm")
     assert raw.calibration is None and calibrated.calibration
     assert raw.peak_flops == calibrated.peak_flops
-    assert "calibration" in calibrated.sources["pass_overhead_s"]
+    assert "calibration" in calibrated.sources["memory_efficiency"]
     with pytest.raises(InputError, match="calibration"):
         get_device("h100-sxm@nonsense")
 

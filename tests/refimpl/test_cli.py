@@ -61,6 +61,10 @@ def test_stories260k_with_its_own_tokenizer(capsys):
     (["--model", "/nonexistent/m.bin", "--prompt", "x"], "not found"),
     (["--model", "stories15M", "--tokenizer", str(checkpoints_dir() / "stories260K/tok512.bin"), "--prompt", "x"],
      "512 pieces"),
+    (["--model", "stories260K", "--tokenizer", str(checkpoints_dir() / "stories15M/tokenizer.bin"), "--prompt", "x"],
+     "more than 512 pieces"),
+    (["--model", "stories260K", "--tokenizer", str(checkpoints_dir() / "stories15M/tokenizer.model"), "--prompt", "x"],
+     "32000 pieces"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, args, needle):
     assert main(["generate", *args]) == 2

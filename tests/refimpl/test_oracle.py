@@ -9,7 +9,7 @@ from mirrorstream.cli import main
 from refimpl.checkpoints import save_llama2c
 from refimpl.errors import InputError
 from refimpl.model import Model, ModelConfig
-from refimpl.oracle import check, read_token_file
+from refimpl.oracle import TokenFile, check, read_token_file
 from refimpl.sampling import SamplingSettings
 from refimpl.testing import decode, random_weights
 from refimpl.trace import read_trace
@@ -83,8 +83,11 @@ def test_token_files(tmp_path):
     cases = {"list.json": "[3, 4, 5]", "lines.txt": "3\n4\n5\n", "gen.json": json.dumps({"tokens": [3, 4, 5]})}
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
-        assert read_token_file(tmp_path / name) == [3, 4, 5]
-    for text in ['{"a": 1}', '[1, "x"]', "3\nfour\n", "[1.5]", "[]", ""]:
+        assert read_token_file(tmp_path / name) == TokenFile([3, 4, 5], None)
+    (tmp_path / "full.json").write_text(json.dumps({"prompt_ids": [1, 7], "tokens": [3, 4], "text": "x"}))
+    assert read_token_file(tmp_path / "full.json") == TokenFile([3, 4], [1, 7])
+    for text in ['{"a": 1}', '[1, "x"]', "3\nfour\n", "[1.5]", "[]", "", '{"tokens": [3], "prompt_ids": []}',
+                 '{"tokens": [3], "prompt_ids": ["1"]}', "[" * 100_000, "[" + "9" * 5000 + "]", "1\n" + "9" * 5000]:
         (tmp_path / "bad").write_text(text)
         with pytest.raises(InputError, match="--tokens"):
             read_token_file(tmp_path / "bad")

@@ -1,9 +1,16 @@
 """Tokenizers reproduce llama.cpp's reference ids for the Llama-2 vocabulary and decode back."""
+import functools
+import tempfile
+import time
+from pathlib import Path
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import checkpoint_file
 from refimpl.errors import InputError
-from refimpl.tokenizer import StreamDecoder, load_tokenizer
+from refimpl.tokenizer import StreamDecoder, load_tokenizer, save_llama2c_tokenizer
 
 
 def vectors():
@@ -43,3 +50,46 @@ def test_vocabulary_size_mismatch_is_an_error():
         load_tokenizer(checkpoint_file("stories260K/tok512.bin"), 32000)
     with pytest.raises(InputError, match="32000 pieces"):
         load_tokenizer(checkpoint_file("stories15M/tokenizer.model"), 512)
+
+
+def naive_merge(tokenizer, ids: list[int]) -> list[int]:
+    """The merge rule as specified: rescan, merge the best-scoring pair (leftmost on ties), repeat."""
+    ids = list(ids)
+    while True:
+        best = None
+        for i in range(len(ids) - 1):
+            merged = tokenizer.lookup.get(tokenizer.pieces[ids[i]] + tokenizer.pieces[ids[i + 1]])
+            if merged is not None and (best is None or tokenizer.scores[merged] > best[0]):
+                best = (tokenizer.scores[merged], i, merged)
+        if best is None:
+            return ids
+        ids[best[1]:best[1] + 2] = [best[2]]
+
+
+@functools.cache
+def tiny_tokenizer():
+    """Byte pieces, then pieces over {a, b, space} with tied and distinct scores."""
+    pieces = [b"<unk>", b"<s>", b"</s>"] + [f"<0x{b:02X}>".encode() for b in range(256)]
+    pieces += [b"a", b"b", b" ", b"ab", b"ba", b"aa", b" a", b"bab", b"aab", b" ab", b"abab", b"a a"]
+    scores = [0.0] * 259 + [0, 0, 0, 1, 1, 2, 1, 3, 3, 2, 5, 4]
+    with tempfile.TemporaryDirectory() as folder:
+        save_llama2c_tokenizer(Path(folder) / "tiny.bin", pieces, scores)
+        return load_tokenizer(Path(folder) / "tiny.bin")
+
+
+@settings(max_examples=settings().max_examples * 10)
+@given(text=st.text(alphabet="ab é", max_size=40))
+def test_heap_merge_equals_the_rescanning_rule(text):
+    tokenizer = tiny_tokenizer()
+    units = [tokenizer.lookup.get(c.encode()) for c in " " + text]
+    units = [u if u is not None else tokenizer.byte_ids[b] for c, u in zip(" " + text, units)
+             for b in ([0] if u is not None else c.encode())]
+    assert tokenizer._merge(list(units)) == naive_merge(tokenizer, units)
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+def test_encoding_a_long_text_takes_linear_time():
+    tokenizer = tiny_tokenizer()
+    start = time.perf_counter()
+    ids = tokenizer.encode("ab " * 30_000)
+    assert time.perf_counter() - start < 3 and tokenizer.decode(ids) == "ab " * 30_000

@@ -136,3 +136,36 @@ def test_no_device_group_is_ever_double_booked():
             assert all(end <= next_start + 1e-12 for (_, end), (next_start, _) in zip(spans, spans[1:])), name
         busy = sum(s.seconds for s in result.spans if s.device == "target")
         assert busy == pytest.approx(result.busy["target"], rel=1e-9)
+
+
+# ----- contended devices: device groups are SimPy resources ---------------------------------------
+def test_work_on_a_busy_device_queues_first_come_first_served():
+    from simulator.engine import Simulation
+
+    sim = Simulation(timeline_steps=10)
+    ends = {}
+
+    def job(name, device, seconds):
+        yield from sim.serial((device, "target", seconds))
+        ends[name] = sim.env.now
+
+    for name, device, seconds in [("a", "target", 0.003), ("b", "target", 0.002), ("c", "draft", 0.004)]:
+        sim.env.process(job(name, device, seconds))
+    sim.env.run()
+    assert ends == {"a": 0.003, "b": 0.005, "c": 0.004}          # b waited for a; c had its own device
+    assert sim.breakdown["queue"] == pytest.approx(0.003) and sim.busy["target"] == pytest.approx(0.005)
+
+
+@pytest.mark.parametrize("suffix, draft_pass", [(0.006, 0.0005), (0.002, 0.0013)])
+def test_mirror_with_the_draft_on_the_targets_devices_serialises(suffix, draft_pass):
+    """Sharing one device group, the rollouts queue behind the suffix: T = prefix + rv + suffix + draft + rv."""
+    costs = ConstantCosts(target_prefix=0.004, target_suffix=suffix, draft_pass=draft_pass, rendezvous=3e-5)
+    workload = Workload([TASK], AcceptanceModel(0.7, 1.0), seed=1, prefill=False)
+    shared = simulate(workload, SimConfig(gamma=5, draft_on_target=True), ["mirror", "sd"], costs=costs)
+    mirror = shared["mirror"]
+    law = 0.004 + 3e-5 + suffix + 5 * draft_pass + 3e-5
+    assert mirror.seconds == pytest.approx(mirror.counts["steps"] * law, rel=REL)
+    assert sum(mirror.breakdown.values()) == pytest.approx(mirror.seconds, rel=REL)
+    # SD is serial anyway: sharing the devices changes nothing for it.
+    own = simulate(workload, SimConfig(gamma=5), ["sd"], costs=costs)["sd"]
+    assert shared["sd"].seconds == own.seconds and "queue" not in own.breakdown

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simulator import AcceptanceModel, Group, HardwareCosts, SimConfig, Task, Workload, simulate
+from simulator.config import TESTBED
 from simulator.costs import CANDIDATE_BYTES, VERDICT_BYTES
 from simulator.errors import InputError
 from simulator.simulate import shape_for
@@ -68,7 +69,7 @@ def _scaled(config: SimConfig, factor: float) -> SimConfig:
         config,
         target=Group(hwmodels.get_device(config.target.device).scaled(factor), config.target.tp),
         draft=Group(hwmodels.get_device(config.draft.device).scaled(factor), config.draft.tp),
-        link=hwmodels.get_link(config.link).scaled(factor))
+        link=hwmodels.get_link(config.link or TESTBED["link"]).scaled(factor))
 
 
 @settings(max_examples=5)
@@ -116,8 +117,14 @@ def test_kappa_and_costs_follow_the_batch():
     (dict(kappa=10**7), "--kappa"),
     (dict(exit_layer=64), "--exit-layer"),
     (dict(dtype="bf16", draft_dtype="bf16"), "--draft-hw: device m2-ultra-ane does not support bf16"),
-    (dict(target=Group("rtx-4090", tp=1)), "--target-hw: model qwen3-32b"),
+    (dict(target=Group("rtx-4090", tp=1), link="pcie-4"), "--target-hw: model qwen3-32b"),
+    (dict(target=Group("rtx-4090", tp=1), link=None), "--link: name the link between rtx-4090 and m2-ultra-ane"),
+    (dict(target=Group("m2-ultra-gpu", tp=3)), "--tp: 3 does not divide the 64 attention heads of qwen3-32b"),
+    (dict(target=Group("m2-ultra-gpu", tp=16, count=16)), None),
 ])
 def test_bad_systems_are_input_errors(changes, message):
+    if message is None:                         # TP 16 replicates qwen3-32b's 8 KV heads: allowed
+        HardwareCosts(dataclasses.replace(CONFIG, **changes))
+        return
     with pytest.raises(InputError, match=message):
         HardwareCosts(dataclasses.replace(CONFIG, **changes))

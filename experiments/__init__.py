@@ -1,0 +1,1 @@
+"""Experiments: the papers' tables, simulator-vs-measurement checks and what-if studies (see runner.py)."""

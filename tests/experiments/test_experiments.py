@@ -1,0 +1,159 @@
+"""The experiments runner: report, JSON summary, bad input, local and Dask sweeps."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from experiments import whatif
+from experiments.runner import ExperimentError, run_experiments
+from experiments.sweep import LocalPool, open_pool
+
+
+def _cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "mirrorstream.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def square(x):
+    return x * x
+
+
+def test_list_names_every_experiment():
+    done = _cli("experiments", "list")
+    assert done.returncode == 0
+    from experiments.runner import EXPERIMENTS
+    assert [line.split()[0] for line in done.stdout.splitlines()] == list(EXPERIMENTS)
+
+
+def test_whatif_quick_writes_report_figures_and_summary(tmp_path):
+    done = _cli("experiments", "run", "whatif", "--quick", "--out", str(tmp_path), "--json", timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["experiments"] == ["whatif"] and summary["skipped"] == {}
+    report = (tmp_path / "REPORT.md").read_text()
+    for study in whatif.STUDIES:
+        figure = tmp_path / f"whatif_{study}.png"
+        assert figure.stat().st_size > 5000 and f"](whatif_{study}.png)" in report
+    # the testbed point is the same simulation whichever study reaches it
+    assert summary["whatif_testbed_mirror_speedup"] > 1.0
+    rows = [line for line in report.splitlines() if line.startswith("| qwen3-0.6b")]
+    assert rows and f"{summary['whatif_testbed_mirror_speedup']:.2f}" in rows[0]
+
+
+def test_unknown_experiment_is_one_line_exit_2(tmp_path):
+    done = _cli("experiments", "run", "no-such", "--out", str(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "no-such" in done.stderr
+    assert not (tmp_path / "REPORT.md").exists()
+
+
+def test_unwritable_out_dir_is_one_line_exit_2(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    done = _cli("experiments", "run", "whatif", "--quick", "--out", str(blocker / "sub"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--out" in done.stderr
+
+
+def test_coverage_prior_passes_through_the_measured_points():
+    assert whatif.coverage_for(8, 0.5, "lens") == pytest.approx(0.242)
+    assert whatif.coverage_for(1, 0.5, "lens") == pytest.approx(0.114)
+    assert whatif.coverage_for(16, 0.5, "lens") == pytest.approx(0.288)
+    assert whatif.coverage_for(8, 0.625, "lens") == pytest.approx(0.62)
+    assert whatif.coverage_for(8, 0.5, "premise") == pytest.approx(0.7)
+    kappas = [whatif.coverage_for(k, 0.5, "lens") for k in (1, 2, 4, 8, 16)]
+    depths = [whatif.coverage_for(8, d, "premise") for d in (0.1, 0.25, 0.5, 0.625, 0.875)]
+    assert kappas == sorted(kappas) and depths == sorted(depths) and max(depths) <= 1.0
+
+
+def test_local_pool_keeps_point_order():
+    with open_pool(None, progress=False, workers=2) as pool:
+        assert pool.map(square, list(range(12))) == [x * x for x in range(12)]
+    assert LocalPool(1, progress=False).map(square, [3, 1, 2]) == [9, 1, 4]
+
+
+def test_dask_cluster_gives_the_local_results():
+    distributed = pytest.importorskip("distributed")
+    point = ("gamma", 4, "lens", 1)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster:
+        with open_pool(cluster.scheduler_address, progress=False) as pool:
+            remote = pool.map(whatif.simulate_point, [point, ("npu", 2, "premise", 1)])
+    assert remote[0] == whatif.simulate_point(point)
+    assert remote[0] != remote[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_dask_address_fails_in_bounded_time(tmp_path):
+    pytest.importorskip("distributed")
+    started = time.monotonic()
+    done = _cli("experiments", "run", "whatif", "--quick", "--out", str(tmp_path),
+                "--dask", f"tcp://127.0.0.1:{_free_port()}", timeout=60)
+    assert done.returncode == 2 and "--dask" in done.stderr and done.stderr.count("\n") == 1
+    assert time.monotonic() - started < 40
+
+
+def test_run_experiments_checks_every_name_before_running(tmp_path):
+    with pytest.raises(ExperimentError, match="nope"):
+        run_experiments(["whatif", "nope"], tmp_path, quick=True)
+    assert not any(tmp_path.iterdir())
+
+
+def test_sim_vs_cpu_skips_with_the_reason_without_a_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIRRORSTREAM_MODELS", str(tmp_path / "none"))
+    sections = run_experiments(["sim-vs-cpu"], tmp_path / "out", quick=True)
+    assert "absent" in sections["sim-vs-cpu"].skipped and not sections["sim-vs-cpu"].failed
+
+
+def test_a_failing_experiment_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+    def broken(ctx):
+        raise RuntimeError("planted")
+    monkeypatch.setattr(whatif, "run", broken)
+    monkeypatch.setenv("MIRRORSTREAM_MODELS", str(tmp_path / "none"))
+    sections = run_experiments(["whatif", "sim-vs-cpu"], tmp_path / "out", quick=True)
+    assert sections["whatif"].failed == "RuntimeError: planted"
+    assert sections["sim-vs-cpu"].skipped
+
+
+def test_lookup_trace_replays_faster_than_ar_by_the_tokens_per_pass(tmp_path):
+    """A lookup trace whose every step commits two tokens with one 2-row pass: the simulated
+    speedup over ar lies between 1 and 2 (a 2-row pass costs at least a 1-row one)."""
+    from experiments.sim_vs_cpu import _simulated_speedup
+    from hwmodels.cpu import cpu_device
+    from refimpl.trace import StepRecord, TraceHeader, write_trace
+
+    records = [StepRecord(context=0, target_tokens=4, draft_passes=0, draft_tokens_per_pass=0, proposed=0,
+                          accepted=0, emitted=1, prefill=True)]
+    context = 4
+    for _ in range(40):
+        records.append(StepRecord(context=context, target_tokens=2, draft_passes=0, draft_tokens_per_pass=0,
+                                  proposed=1, accepted=1, emitted=2))
+        context += 2
+    path = tmp_path / "lookup.jsonl"
+    write_trace(path, TraceHeader(method="lookup", params={"gamma": 1, "ngram": 2}, target="stories15m",
+                                  seed=0, prompt_tokens=4), records)
+    speedup = _simulated_speedup("lookup", [str(path)], cpu_device(), 1)
+    assert 1.0 < speedup < 2.0
+
+
+def test_table1_infers_lower_acceptance_where_the_paper_reports_slower_sd():
+    """At T = 1 the paper's vanilla SD is slower on every 14B task, so the α inferred from it
+    must be lower, task by task; the published columns come from the right table."""
+    from experiments.table1 import predict_cell
+    cold = {c["task"]: c for c in predict_cell((0, "qwen3-14b", 1))}
+    warm = {c["task"]: c for c in predict_cell((1, "qwen3-14b", 1))}
+    assert warm["translation"]["paper_sd"] == 2.19 and cold["translation"]["paper_sd"] == 2.34
+    for task, cell in warm.items():
+        assert cell["paper_sd"] < cold[task]["paper_sd"]
+        assert cell["alpha"] < cold[task]["alpha"]
+        low, high = min(cell["mirror"]), max(cell["mirror"])
+        assert low <= cell["mirror"][0] <= high   # the prior's centre lies inside its range

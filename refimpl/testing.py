@@ -190,12 +190,11 @@ def total_variation(a: dict, b: dict) -> float:
 
 def sequence_distribution(model, prompt_ids, settings, n_tokens: int) -> dict:
     """Exact distribution of the first n_tokens sampled tokens of plain decoding, as
-    tuples; a tuple ends early with the stop token (BOS or EOS) that ended it (unless
-    settings.ignore_eos)."""
-    from refimpl.decoding.common import STOP_IDS
+    tuples; a tuple ends early with the stop token (the model's stop ids) that ended it
+    (unless settings.ignore_eos)."""
     from refimpl.sampling import probabilities
 
-    stops = () if settings.ignore_eos else STOP_IDS
+    stops = () if settings.ignore_eos else model.config.stop_ids
     out = {}
     pending = [((), 1.0)]
     while pending:

@@ -14,7 +14,8 @@ Three tables (greedy decoding; every output is checked equal to ar's, a mismatch
    window had to be rolled out afresh), exit hits (the committed token after the
    accepted prefix was among the κ candidates), branches and draft rows per step;
 3. wall time side by side on --threads numba threads: ar, sd with the same draft and
-   γ, mirror without --overlap (on --threads and on one numba thread) and with it, interleaved and repeated --repeats times,
+   γ and mirror without --overlap (each on --threads and on one numba thread), mirror
+   with --overlap (two Python threads, one numba thread each), interleaved and repeated --repeats times,
    best kept (the machine is shared; absolute figures swing); the per-step split into
    target prefix (layers 1..ℓe + early-exit head), suffix (the rest + verification),
    draft (branch rollouts), waiting (the target idle at the second rendezvous) and
@@ -124,7 +125,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", metavar="FILE", help="also write the tables as JSON")
     args = ap.parse_args(argv)
     if args.quick:
-        args.prompts, args.new_tokens, args.repeats = 1, 32, 2
+        args.prompts, args.new_tokens, args.repeats = 1, 32, min(args.repeats, 2)
     numba.set_num_threads(args.threads)
     model = load_model(args.model)
     tokenizer = load_tokenizer(find_tokenizer(Path(args.model)), model.config.vocab_size)
@@ -154,7 +155,9 @@ def main(argv=None) -> int:
     k, gamma, kappa, exit_layer = (int(x) for x in args.timing.split(","))
     draft = model.first_layers(k)
     mirror = dict(draft=draft, gamma=gamma, exit_layer=exit_layer, kappa=kappa)
-    timed = [("ar", "ar", {}, None), (f"sd {k}L", "sd", dict(draft=draft, gamma=gamma), None),
+    timed = [("ar", "ar", {}, None), ("ar, 1 thread", "ar", {}, 1),
+             (f"sd {k}L", "sd", dict(draft=draft, gamma=gamma), None),
+             (f"sd {k}L, 1 thread", "sd", dict(draft=draft, gamma=gamma), 1),
              ("mirror", "mirror", mirror, None), ("mirror, 1 thread", "mirror", mirror, 1),
              ("mirror --overlap", "mirror", dict(mirror, overlap=True), None)]
     best, best_records = {}, {}
@@ -164,7 +167,7 @@ def main(argv=None) -> int:
             check(label, outputs, reference)
             if seconds < best.get(label, (np.inf,))[0]:
                 best[label], best_records[label] = (seconds, tokens), records
-    ar_s = best["ar"][0]
+    ar_s = min(best["ar"][0], best["ar, 1 thread"][0])     # vs ar: against ar's faster thread count
     time_rows = []
     for label, *_ in timed:
         seconds, tokens = best[label]

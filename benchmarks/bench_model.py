@@ -9,11 +9,13 @@ Prints four tables:
 2. this machine's read bandwidth and the matmul kernel's multiply-add rate, per thread count;
 3. autoregressive tokens/s with 1 and 2 threads, ours and run.c's (built from --llama2c with
    its build.sh) timed alternately in the same run, best of --rounds each, the ratio of the
-   bests (target >= 1.0) and each side's worst/best spread (how noisy the machine was);
+   bests (target >= 1.0), each side's worst/best spread (how noisy the machine was) and,
+   on one thread, the ratio of forward passes per CPU second;
 4. the verification cost curve: one forward pass of n = 1..64 new tokens over a 128-token
-   cached context, best of 10, its ratio to n = 1 (targets on one thread: n=4 <= 1.3,
-   n=8 <= 1.8), and the floor max(weight bytes / bandwidth, multiply-adds / multiply-add rate)
-   with that floor's own ratio to n = 1's.
+   cached context, best of 10 (wall time; on one thread also this thread's CPU time), its
+   ratio to n = 1 (targets on one thread: n=4 <= 1.3, n=8 <= 1.8), and the floor
+   max(weight bytes / bandwidth, multiply-adds / multiply-add rate) with that floor's own
+   ratio to n = 1's.
 Both speeds are timed from the second position on (run.c's own "achieved tok/s").
 """
 from __future__ import annotations
@@ -62,13 +64,13 @@ def _read_all(chunks):
     return sums.sum()
 
 
-def best_of(fn, reps: int) -> float:
+def best_of(fn, reps: int, clock=time.perf_counter) -> float:
     fn()
     times = []
     for _ in range(reps):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return min(times)
 
 
@@ -104,36 +106,49 @@ def build_llama2c(source: Path, out: Path) -> tuple[Path, Path] | None:
     return out / "run", out / "runomp"
 
 
-def llama2c_tokens_per_s(executables, model_path: str, tokenizer: str, threads: int) -> float:
-    """run.c's own "achieved tok/s" for STEPS greedy steps from "Once upon a time"."""
+def llama2c_tokens_per_s(executables, model_path: str, tokenizer: str, threads: int) -> tuple[float, float]:
+    """run.c's own "achieved tok/s" for STEPS greedy steps from "Once upon a time", and its
+    forward passes per CPU second (all STEPS passes; start-up included)."""
     single, omp = executables
     exe = single if threads == 1 else omp
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    before = os.times()
     run = subprocess.run([str(exe), model_path, "-z", tokenizer, "-t", "0", "-n", str(STEPS), "-i", "Once upon a time"],
                          env=env, capture_output=True, text=True, check=True)
-    return float(re.search(r"achieved tok/s: ([0-9.]+)", run.stderr).group(1))
+    after = os.times()
+    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    return float(re.search(r"achieved tok/s: ([0-9.]+)", run.stderr).group(1)), STEPS / cpu
 
 
-def our_tokens_per_s(model, threads: int) -> float:
-    """Greedy decoding of STEPS positions from BOS, timed from the second position on, like run.c."""
+def our_tokens_per_s(model, threads: int) -> tuple[float, float]:
+    """Greedy decoding of STEPS positions from BOS, timed from the second position on, like
+    run.c; and forward passes per CPU second (all of them)."""
     numba.set_num_threads(threads)
+    cpu = time.process_time()
     result = generate(autoregressive(model, [1], SamplingSettings(ignore_eos=True), STEPS - 1), [1])
+    cpu = time.process_time() - cpu
     timed = result.seconds - result.records[0].wall_s  # drop the first pass (the prompt's)
-    return (len(result.tokens) - 1) / timed
+    return (len(result.tokens) - 1) / timed, result.target_calls / cpu
 
 
 def decode_speed(model, threads: int, rounds: int, llama2c, model_path: str, tokenizer: str | None) -> dict:
-    """Ours and run.c's tokens/s, timed alternately, best of `rounds` each."""
+    """Ours and run.c's tokens/s, timed alternately, best of `rounds` each. On one thread also
+    the ratio of forward passes per CPU second, which a host crowded by other processes
+    disturbs less than wall time (it still shares the memory bus and the caches)."""
     ours, theirs = [], []
     for _ in range(rounds):
         ours.append(our_tokens_per_s(model, threads))
         if llama2c and tokenizer:
             theirs.append(llama2c_tokens_per_s(llama2c, model_path, tokenizer, threads))
-    row = {"threads": threads, "ours_tok_s": max(ours), "ours_spread": min(ours) / max(ours),
-           "weight_gb_per_s": model.weight_bytes() * max(ours) / 1e9}
+    wall = [w for w, _ in ours]
+    row = {"threads": threads, "ours_tok_s": max(wall), "ours_spread": min(wall) / max(wall),
+           "weight_gb_per_s": model.weight_bytes() * max(wall) / 1e9}
     if theirs:
-        row.update(run_c_tok_s=max(theirs), run_c_spread=min(theirs) / max(theirs),
-                   ratio=max(ours) / max(theirs))
+        their_wall = [w for w, _ in theirs]
+        row.update(run_c_tok_s=max(their_wall), run_c_spread=min(their_wall) / max(their_wall),
+                   ratio=max(wall) / max(their_wall))
+        if threads == 1:
+            row["cpu_ratio"] = max(c for _, c in ours) / max(c for _, c in theirs)
     return row
 
 
@@ -154,9 +169,15 @@ def verification_curve(model, threads: int, rates: dict, context: int = 128) -> 
         seconds = best_of(lambda: model.forward(tokens, positions, cache, commit=False), 10)
         floor = max(model.weight_bytes() / (rates["read_gb_per_s"] * 1e9),
                     multiply_adds(model, n, context) / (rates["kernel_gmac_per_s"] * 1e9))
-        rows.append({"threads": threads, "n": n, "ms": seconds * 1e3, "floor_ms": floor * 1e3})
+        row = {"threads": threads, "n": n, "ms": seconds * 1e3, "floor_ms": floor * 1e3}
+        if threads == 1:  # this thread's CPU time: what a crowded host's preemptions do not inflate
+            row["cpu_ms"] = 1e3 * best_of(lambda: model.forward(tokens, positions, cache, commit=False), 10,
+                                          time.thread_time)
+        rows.append(row)
     for row in rows:
         row["ratio_to_n1"] = row["ms"] / rows[0]["ms"]
+        if "cpu_ms" in row:
+            row["cpu_ratio_to_n1"] = row["cpu_ms"] / rows[0]["cpu_ms"]
         row["floor_ratio"] = row["floor_ms"] / rows[0]["floor_ms"]
     return rows
 

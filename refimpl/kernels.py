@@ -36,7 +36,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from llvmlite import ir
+from llvmlite import binding as llvm, ir
 from numba import njit, prange, types
 from numba.core import cgutils, event
 from numba.extending import intrinsic
@@ -91,6 +91,10 @@ def stack_f32(typingctx, size):
     return array_type(size), codegen
 
 
+# LLVM's name for it: opaque pointers from LLVM 17 on, typed (i8*) before
+PREFETCH_INTRINSIC = "llvm.prefetch.p0" if llvm.llvm_version_info[0] >= 17 else "llvm.prefetch.p0i8"
+
+
 @intrinsic
 def prefetch(typingctx, array, offset):
     """Hint the CPU to bring the cache line of array's element at flat (C-order) index
@@ -103,7 +107,7 @@ def prefetch(typingctx, array, offset):
         byte_ptr = ir.IntType(8).as_pointer()
         i32 = ir.IntType(32)
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]),
-                                            "llvm.prefetch.p0")
+                                            PREFETCH_INTRINSIC)
         # read, keep in all cache levels, data cache
         builder.call(fn, [builder.bitcast(builder.gep(data, [args[1]]), byte_ptr), i32(0), i32(3), i32(1)])
         return context.get_dummy_value()
@@ -515,7 +519,7 @@ def transformer_layer(h, positions, base, mask, cos, sin, eps, n_heads, n_kv_hea
     before RoPE (Qwen3).
 
     Its parallel loops are its own, never calls to the parallel kernels above: numba
-    (0.63, issue 8578) records "start the thread pool on load" in a parallel function's
+    (0.68, issue 8578) records "start the thread pool on load" in a parallel function's
     own cache entry only, not in that of a caller linking a callee loaded from the cache;
     such a caller, cached in one process, jumps to a null pointer in the next (SIGSEGV)
     unless something else started the pool (tests/refimpl/test_compile_cache.py).

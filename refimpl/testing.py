@@ -99,6 +99,36 @@ def assert_same_as_ar(method, model, prompt_ids, settings, max_new_tokens: int, 
     return got
 
 
+class StepCoverage:
+    """What the speculative steps of a property's examples exercised: a rejection at each
+    depth, partial acceptance (rollback), full acceptance. Proposals are chains or full
+    k-ary trees (`tree_k`), whose depth follows from their size."""
+
+    def __init__(self):
+        self.rejected_at: set[int] = set()
+        self.partial = self.full = self.steps = 0
+
+    def add(self, generation, tree_k: int = 1) -> None:
+        for record in generation.records:
+            if record.prefill or record.proposed == 0:
+                continue
+            depth, size = 0, 1
+            while size < record.proposed + 1:
+                depth, size = depth + 1, size + tree_k ** (depth + 1)
+            self.steps += 1
+            if record.accepted == depth:
+                self.full += 1
+            else:
+                self.rejected_at.add(record.accepted + 1)
+                self.partial += record.accepted > 0
+
+    def assert_covered(self, depths: int) -> None:
+        missing = set(range(1, depths + 1)) - self.rejected_at
+        assert self.full and self.partial and not missing, (
+            f"degenerate examples: {self.steps} steps, {self.full} fully accepted, {self.partial} partially, "
+            f"rejections at depths {sorted(self.rejected_at)}")
+
+
 class KeyedEnumeration:
     """A stand-in for verify.PositionKeyed that enumerates every branch of a sampler exactly,
     with the uniforms keyed as production keys them.
@@ -160,12 +190,11 @@ def total_variation(a: dict, b: dict) -> float:
 
 def sequence_distribution(model, prompt_ids, settings, n_tokens: int) -> dict:
     """Exact distribution of the first n_tokens sampled tokens of plain decoding, as
-    tuples; a tuple ends early with the stop token (BOS or EOS) that ended it (unless
-    settings.ignore_eos)."""
-    from refimpl.decoding.common import STOP_IDS
+    tuples; a tuple ends early with the stop token (the model's stop ids) that ended it
+    (unless settings.ignore_eos)."""
     from refimpl.sampling import probabilities
 
-    stops = () if settings.ignore_eos else STOP_IDS
+    stops = () if settings.ignore_eos else model.config.stop_ids
     out = {}
     pending = [((), 1.0)]
     while pending:

@@ -21,8 +21,11 @@ MODEL = random_model(CONFIG, 3)
 
 def methods(model):
     """Every method, with parameters that speculate (a cut draft, chains and trees)."""
+    from refimpl.decoding.medusa import random_heads
+
     draft = model.first_layers(1)
     return {"ar": ("ar", {}), "lookup": ("lookup", dict(gamma=3)),
+            "mirror": ("mirror", dict(draft=draft, gamma=3)), "medusa": ("medusa", dict(heads=random_heads(model, 2))),
             "sd chain": ("sd", dict(draft=draft, gamma=3)), "sd tree": ("sd", dict(draft=draft, gamma=2, tree_k=2)),
             "sd rejection": ("sd", dict(draft=draft, gamma=3, verify="rejection"))}
 
@@ -32,7 +35,7 @@ def methods(model):
 def test_every_method_runs_to_the_token_after_the_last_position(name, temperature):
     method, params = methods(MODEL)[name]
     seq_len = CONFIG.seq_len
-    longest = seq_len - (7 if name == "sd tree" else 4 if method == "sd" else 0)  # sd: its tree must fit
+    longest = seq_len - (7 if name == "sd tree" else 4 if method in ("sd", "mirror") else 0)  # its tree must fit
     for n_prompt in (1, 5, longest - 1, longest):
         prompt = [(7 * i + 3) % CONFIG.vocab_size for i in range(n_prompt)]
         settings = SamplingSettings(temperature=temperature, seed=n_prompt, ignore_eos=True)

@@ -6,7 +6,7 @@ from refimpl.decoding.lookup import find_continuation, prompt_lookup
 from refimpl.errors import InputError
 from refimpl.model import Model, ModelConfig
 from refimpl.sampling import SamplingSettings
-from refimpl.testing import assert_same_as_ar, random_model, random_weights, tiny_configs
+from refimpl.testing import StepCoverage, assert_same_as_ar, random_model, random_weights, tiny_configs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,15 +29,25 @@ def test_the_continuation_may_run_into_the_suffix_itself():
     assert find_continuation([1, 2, 1, 2, 1, 2], 2, 5) == [1, 2]
 
 
-@given(config=tiny_configs(), seed=st.integers(0, 2**16), data=st.data())
-def test_lookup_gives_the_tokens_of_ar(config, seed, data):
-    model = random_model(config, seed)
-    pattern = data.draw(st.lists(st.integers(0, config.vocab_size - 1), min_size=1, max_size=4))
-    prompt = (pattern * 6)[:data.draw(st.integers(1, 12))]     # repetitive prompts give matches
-    settings = SamplingSettings(temperature=data.draw(st.sampled_from([0.0, 0.0, 0.8])),
-                                top_k=data.draw(st.sampled_from([0, 3])), seed=data.draw(st.integers(0, 99)))
-    assert_same_as_ar(prompt_lookup, model, prompt, settings, data.draw(st.integers(0, 40)),
-                      gamma=data.draw(st.integers(1, 6)), ngram=data.draw(st.integers(1, 4)))
+def test_lookup_gives_the_tokens_of_ar():
+    """The property, with its examples' coverage asserted (rejections at depths 1-2,
+    partial and full acceptance)."""
+    coverage = StepCoverage()
+
+    @given(config=tiny_configs(), seed=st.integers(0, 2**16), data=st.data())
+    def check(config, seed, data):
+        model = random_model(config, seed)
+        pattern = data.draw(st.lists(st.integers(0, config.vocab_size - 1), min_size=1, max_size=4))
+        prompt = (pattern * 6)[:data.draw(st.integers(1, 12))]     # repetitive prompts give matches
+        settings = SamplingSettings(temperature=data.draw(st.sampled_from([0.0, 0.0, 0.8])),
+                                    top_k=data.draw(st.sampled_from([0, 3])), seed=data.draw(st.integers(0, 99)),
+                                    ignore_eos=data.draw(st.sampled_from([True, True, False])))
+        got = assert_same_as_ar(prompt_lookup, model, prompt, settings, data.draw(st.sampled_from([0, 20, 40])),
+                                gamma=data.draw(st.integers(1, 6)), ngram=data.draw(st.integers(1, 4)))
+        coverage.add(got)
+
+    check()
+    coverage.assert_covered(depths=2)
 
 
 def test_lookup_accepts_copied_text():

@@ -1,4 +1,6 @@
 """The model: correct numerics, and bitwise batch invariance across every way of computing a position."""
+from dataclasses import replace
+
 import numba
 import numpy as np
 import pytest
@@ -8,6 +10,8 @@ from refimpl.model import Model
 from refimpl.testing import ARCHITECTURES, random_model, random_weights, tiny_configs
 
 from reference import reference_logits
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ar_logits(model, tokens):
@@ -39,6 +43,30 @@ def test_prefill_chunks_and_steps_give_identical_bits(arch, seed, data):
     prefill = model.forward(tokens, np.arange(n), model.new_cache())
     assert np.array_equal(prefill, ar_logits(model, tokens))
     assert np.array_equal(prefill, chunked_logits(model, tokens, sizes + [n]))
+
+
+@given(config=tiny_configs(), seed=st.integers(0, 2**16), data=st.data())
+def test_passes_of_up_to_70_rows_past_64_cache_slots_give_identical_bits(config, seed, data):
+    """Attention scores 64 keys at a time once a pass sees 64 slots: a prefill of 65-72 rows,
+    one token per pass, a batch of rows after a prefix and a tree after 64 or more slots agree bitwise."""
+    config = replace(config, seq_len=80)
+    model = random_model(config, seed)
+    n = data.draw(st.integers(65, 72), label="n")
+    tokens = np.array(data.draw(st.lists(st.integers(0, config.vocab_size - 1), min_size=n, max_size=n)))
+    steps = ar_logits(model, tokens)
+    assert np.array_equal(model.forward(tokens, np.arange(n), model.new_cache()), steps)
+    prefix = data.draw(st.integers(1, n - 1), label="prefix")
+    assert np.array_equal(chunked_logits(model, tokens, [prefix, n]), steps)
+    rng = np.random.default_rng(seed)
+    parents, tree_tokens, mask, depth = tree_case(rng, config.vocab_size, 6)
+    cache = model.new_cache()
+    model.forward(tokens[:n - 1], np.arange(n - 1), cache)
+    tree = model.forward(tree_tokens, n - 1 + depth, cache, mask=mask, commit=False)
+    for node in range(6):
+        path = [j for j in range(6) if mask[node, j]]
+        ids = np.concatenate([tokens[:n - 1], tree_tokens[path]])
+        expected = model.forward(ids, np.arange(len(ids)), model.new_cache())[-1]
+        assert np.array_equal(tree[node], expected), f"node {node}"
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

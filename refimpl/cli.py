@@ -33,9 +33,6 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     p.set_defaults(func=run_generate)
     register_oracle(subparsers)
-    from refimpl import train_cli
-
-    train_cli.register(subparsers)
 
 
 def add_method_options(p: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from refimpl.errors import InputError, check_output_path
 from refimpl import oracle
 from refimpl.oracle import check, check_ids, read_token_file
 from refimpl.sampling import SamplingSettings
-from refimpl.tokenizer import BOS_ID, StreamDecoder, load_tokenizer
+from refimpl.tokenizer import StreamDecoder, load_tokenizer
 from refimpl.trace import TraceHeader, mean_accepted, write_trace
 
 
@@ -167,8 +167,12 @@ def check_options(args) -> None:
     """Range-check every option that needs no model, before any work: a bad value must
     fail at once, never after a model load or a long computation."""
     _at_least(args, "max_new_tokens", 0)
-    for name in ("gamma", "tree_k", "ngram", "draft_layers", "threads"):
+    for name in ("gamma", "tree_k", "ngram", "draft_layers", "threads", "kappa", "max_branches", "exit_layer"):
         _at_least(args, name, 1)
+    for name in ("near_tie", "logprob_tolerance"):
+        value = getattr(args, name, None)
+        if value is not None and not 0 <= value < float("inf"):
+            raise InputError(f"--{name.replace('_', '-')} {value}: must be a finite number >= 0")
     if args.prompt is not None:
         try:
             args.prompt.encode("utf-8")
@@ -184,8 +188,9 @@ def _at_least(args, name: str, low: int) -> None:
         raise InputError(f"--{name.replace('_', '-')} {value}: must be >= {low}")
 
 
-def load_inputs(args):
-    """(model, tokenizer or None, prompt ids, sampling settings, startup seconds) from the options."""
+def load_inputs(args, warm: bool = True):
+    """(model, tokenizer or None, prompt ids, sampling settings, startup seconds) from the options;
+    warm=False leaves the first pass (`warm_up`) to the caller."""
     check_options(args)
     set_threads(args.threads)
     settings = SamplingSettings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
@@ -200,11 +205,13 @@ def load_inputs(args):
         if tokenizer is None:
             raise InputError(f"--prompt needs a tokenizer: none beside {path}; give --tokenizer")
         check_prompt_length(args.prompt, tokenizer, model.config.seq_len)
-        prompt_ids = [BOS_ID] + tokenizer.encode(args.prompt)
+        bos = [] if model.config.bos_id is None else [model.config.bos_id]
+        prompt_ids = bos + tokenizer.encode(args.prompt)
     else:
         check_ids(prompt_ids, model.config.vocab_size, "--prompt-ids")
     model.check_tokens(np.asarray(prompt_ids), np.zeros(len(prompt_ids), dtype=np.int64))
-    warm_up(model)
+    if warm:
+        warm_up(model)
     return model, tokenizer, prompt_ids, settings, time.perf_counter() - start
 
 
@@ -219,13 +226,18 @@ def check_prompt_length(prompt: str, tokenizer, seq_len: int) -> None:
 
 def warm_up(model) -> None:
     """One tiny pass, so that numba compiles (first use) or loads its cache before timing."""
-    model.forward([BOS_ID], [0], model.new_cache(2))
+    model.forward([0], [0], model.new_cache(2))
 
 
 def run_generate(args) -> int:
-    model, tokenizer, prompt_ids, settings, startup_s = load_inputs(args)
+    model, tokenizer, prompt_ids, settings, startup_s = load_inputs(args, warm=False)
+    if args.gamma is not None and args.gamma >= model.config.seq_len:   # before any method sizes a window by it
+        raise InputError(f"--gamma {args.gamma}: must be below the model's sequence length {model.config.seq_len}")
     params, header_params, draft = method_params(args, model)
-    steps = METHODS[args.method](model, prompt_ids, settings, args.max_new_tokens, **params)
+    steps = METHODS[args.method](model, prompt_ids, settings, args.max_new_tokens, **params)  # checks params
+    start = time.perf_counter()
+    warm_up(model)   # after the method's checks: a bad option fails before numba loads its kernels
+    startup_s += time.perf_counter() - start
     stream = None
     if not args.json and tokenizer is not None:
         stream = StreamDecoder(tokenizer, previous=prompt_ids[-1])
@@ -303,6 +315,7 @@ def register_oracle(subparsers) -> None:
     c.add_argument("--tokens", metavar="FILE",
                    help="their generated ids: a JSON list (or generate --json output) or one id per line")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.add_argument("--ignore-eos", action="store_true", help="the reference decodes past BOS/EOS")
     add_reference_check_options(c)
     c.set_defaults(func=run_oracle_check)
     register_oracle_reference(sub)
@@ -311,16 +324,18 @@ def register_oracle(subparsers) -> None:
 def run_oracle_check(args) -> int:
     """Exit 0 when equal, 1 when diverged, 2 for bad input (a --tokens file whose
     prompt_ids are not the prompt given included: the comparison would be meaningless)."""
+    check_options(args)
     if args.reference or args.candidate:
         return run_reference_check(args)
     if args.model is None or (args.prompt is None and args.prompt_ids is None) or args.tokens is None:
         raise InputError("oracle check needs --model, --prompt or --prompt-ids, and --tokens "
                          "(or --reference REF.jsonl --candidate THEIRS.jsonl)")
     their = read_token_file(args.tokens)
-    model, _, prompt_ids, settings, _ = load_inputs(args)
+    model, _, prompt_ids, settings, _ = load_inputs(args, warm=False)
     if their.prompt_ids is not None and their.prompt_ids != prompt_ids:
         raise InputError(f"--tokens {args.tokens}: its prompt_ids {_abbreviate(their.prompt_ids)} differ from "
                          f"the prompt given, {_abbreviate(prompt_ids)}")
+    check_ids(their.tokens, model.config.vocab_size, "--tokens")
     report = check(model, prompt_ids, their.tokens, settings)
     print(json.dumps(report.to_dict()) if args.json else report.describe())
     return 0 if report.equal else 1
@@ -377,6 +392,8 @@ def register_oracle_reference(sub) -> None:
     r.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
     r.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (1: off)")
     r.add_argument("--seed", type=int, default=0, help="seed of the position-keyed sampler")
+    r.add_argument("--ignore-eos", action="store_true",
+                   help="decode past BOS/EOS as ordinary tokens (as llama.cpp's and vLLM's ignore_eos)")
     r.add_argument("--threads", type=int, help="numba threads (default: all cores)")
     r.set_defaults(func=run_oracle_reference)
 
@@ -386,7 +403,7 @@ def run_oracle_reference(args) -> int:
     check_output_path(args.out, "--out")
     set_threads(args.threads)
     settings = SamplingSettings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                                **({"ignore_eos": True} if getattr(args, "ignore_eos", False) else {}))
+                                ignore_eos=args.ignore_eos)
     path = resolve_model(args.model)
     model = load_model(path)
     tokenizer_path = args.tokenizer or find_tokenizer(path)

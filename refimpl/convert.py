@@ -39,11 +39,15 @@ def read_any(path: Path):
 
 def _check_llama2c(config, dst: Path) -> None:
     """llama2c files fix eps, theta and the special ids: refuse what they cannot hold."""
-    fixed = {"norm_eps": 1e-5, "rope_theta": 10000.0, "rope_scaling": None, "bos_id": 1, "eos_ids": (2,)}
+    if config.arch not in ("llama", "mistral") or config.qkv_bias or config.qk_norm or config.head_size:
+        raise InputError(f"{dst}: the llama2c format holds Llama-shaped models only, not {config.arch}")
+    fixed = {"norm_eps": 1e-5, "rope_theta": 10000.0, "rope_scaling": None, "bos_id": 1}
     for name, value in fixed.items():
         got = getattr(config, name)
         if got != value and not (isinstance(value, float) and np.float32(got) == np.float32(value)):
             raise InputError(f"{dst}: the llama2c format cannot hold {name}={got!r} (it fixes {value!r})")
+    if set(config.stop_ids) != {1, 2}:
+        raise InputError(f"{dst}: the llama2c format stops at ids 1 and 2, this model at {list(config.stop_ids)}")
 
 
 def _tokenizer_vocab(tokenizer_path: Path | None) -> dict | None:

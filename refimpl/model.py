@@ -37,10 +37,25 @@ class ModelConfig:
     rope_scaling: tuple[tuple[str, object], ...] | None = None  # refimpl.rope: e.g. (("rope_type", "llama3"), ...)
     bos_id: int | None = 1            # prepended to text prompts (None: nothing)
     eos_ids: tuple[int, ...] = (2,)   # end-of-sequence ids
+    stop_at_bos: bool = True          # llama2.c's run.c also stops at BOS; Hugging Face models do not
+    head_size: int | None = None      # per-head width when it is not dim / n_heads (Qwen3)
+    qkv_bias: bool = False            # q/k/v projections have biases (Qwen2)
+    qk_norm: bool = False             # RMSNorm of each q and k head before RoPE (Qwen3)
+    arch: str = "llama"               # the architecture's name (model_type), for reports
 
     @property
     def head_dim(self) -> int:
-        return self.dim // self.n_heads
+        return self.head_size or self.dim // self.n_heads
+
+    @property
+    def q_dim(self) -> int:
+        return self.n_heads * self.head_dim
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """The ids that end generation (unless ignore_eos): EOS, and BOS where stop_at_bos."""
+        bos = (self.bos_id,) if self.stop_at_bos and self.bos_id is not None else ()
+        return tuple(self.eos_ids) + bos
 
     @property
     def kv_dim(self) -> int:
@@ -53,7 +68,7 @@ class ModelConfig:
             value = getattr(self, name)
             if value <= 0 or value > 1 << 24:
                 raise InputError(f"{source}: header value {name}={value} is out of range")
-        if self.dim % self.n_heads:
+        if self.head_size is None and self.dim % self.n_heads:
             raise InputError(f"{source}: dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
             raise InputError(f"{source}: n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
@@ -63,7 +78,8 @@ class ModelConfig:
     def parameter_count(self) -> int:
         """Number of weights, the classifier counted once when it is tied."""
         d, h, L = self.dim, self.hidden_dim, self.n_layers
-        per_layer = 2 * d + d * d * 2 + 2 * d * self.kv_dim + 3 * d * h
+        per_layer = 2 * d + d * self.q_dim * 2 + 2 * d * self.kv_dim + 3 * d * h
+        per_layer += (self.q_dim + 2 * self.kv_dim) * self.qkv_bias + 2 * self.head_dim * self.qk_norm
         classifier = 0 if self.shared_classifier else self.vocab_size * d
         return self.vocab_size * d + L * per_layer + d + classifier
 
@@ -72,9 +88,13 @@ class ModelConfig:
 class LayerWeights:
     """One block's weights; the linear ones packed by kernels.pack_linear, with
     wq/wk/wv stacked into one matrix (wqkv) and w1/w3 into another (w13), so
-    each takes one pass over its rows."""
+    each takes one pass over its rows. bqkv, q_norm, k_norm are empty when the
+    architecture has none."""
     attn_norm: np.ndarray
     wqkv: np.ndarray
+    bqkv: np.ndarray
+    q_norm: np.ndarray
+    k_norm: np.ndarray
     wo: np.ndarray
     ffn_norm: np.ndarray
     w13: np.ndarray
@@ -137,15 +157,23 @@ class Model:
     @classmethod
     def from_dense(cls, config: ModelConfig, weights: dict[str, np.ndarray], name: str = "model") -> "Model":
         """Build from unpacked arrays: token_embedding (V, D); per-layer stacks attn_norm (L, D),
-        wq (L, D, D), wk/wv (L, kv_dim, D), wo (L, D, D), ffn_norm (L, D), w1/w3 (L, H, D),
-        w2 (L, D, H); final_norm (D,); classifier (V, D) or absent when tied."""
+        wq (L, q_dim, D), wk/wv (L, kv_dim, D), wo (L, D, q_dim), ffn_norm (L, D), w1/w3 (L, H, D),
+        w2 (L, D, H); final_norm (D,); classifier (V, D) or absent when tied. With
+        config.qkv_bias also bq (L, q_dim), bk/bv (L, kv_dim); with config.qk_norm also
+        q_norm/k_norm (L, head_dim). Per-layer stacks may be lists of arrays."""
         def stacked(l, *names):
             return kernels.pack_linear(np.concatenate([weights[name][l] for name in names]))
+
+        def vector(l, *names):
+            return np.ascontiguousarray(np.concatenate([weights[name][l] for name in names]), dtype=np.float32)
 
         layers = [
             LayerWeights(
                 attn_norm=np.ascontiguousarray(weights["attn_norm"][l], dtype=np.float32),
                 wqkv=stacked(l, "wq", "wk", "wv"),
+                bqkv=vector(l, "bq", "bk", "bv") if config.qkv_bias else np.zeros(0, np.float32),
+                q_norm=vector(l, "q_norm") if config.qk_norm else np.zeros(0, np.float32),
+                k_norm=vector(l, "k_norm") if config.qk_norm else np.zeros(0, np.float32),
                 wo=kernels.pack_linear(weights["wo"][l]),
                 ffn_norm=np.ascontiguousarray(weights["ffn_norm"][l], dtype=np.float32),
                 w13=stacked(l, "w1", "w3"),
@@ -177,14 +205,15 @@ class Model:
     def weight_bytes(self) -> int:
         """Bytes of weights one forward pass streams (embedding row excluded)."""
         c = self.config
-        per_layer = 2 * c.dim + 2 * c.dim * c.dim + 2 * c.dim * c.kv_dim + 3 * c.dim * c.hidden_dim
+        per_layer = 2 * c.dim + 2 * c.dim * c.q_dim + 2 * c.dim * c.kv_dim + 3 * c.dim * c.hidden_dim
         return 4 * (c.n_layers * per_layer + c.dim + c.vocab_size * c.dim)
 
     # -- the three steps of a forward pass ---------------------------------------------------
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
         """Residual stream (n, dim) for the given token ids."""
-        return self.token_embedding[tokens].astype(np.float32, copy=True)
+        # a plain view, so a memory-mapped checkpoint's rows skip np.memmap's indexing overhead
+        return np.asarray(self.token_embedding)[tokens].astype(np.float32, copy=True)
 
     def run_layers(self, hidden: np.ndarray, positions: np.ndarray, cache: KVCache,
                    mask: np.ndarray | None = None, start: int = 0, stop: int | None = None,
@@ -194,7 +223,7 @@ class Model:
         for each l in taps (l counts from 1: taps=(3,) is the output of the 3rd layer)."""
         stop = self.config.n_layers if stop is None else stop
         n = hidden.shape[0]
-        mask = causal_mask(n) if mask is None else mask
+        mask = _causal_mask_of(n) if mask is None else mask
         base = cache.length
         if base + n > cache.capacity:
             raise InputError(f"a pass of {n} tokens after {base} cached ones exceeds the cache of {cache.capacity}")
@@ -203,8 +232,9 @@ class Model:
             w = self.layers[l]
             kernels.transformer_layer(
                 hidden, positions, base, mask, self.rope_cos, self.rope_sin, self.eps,
-                self.config.n_heads, self.config.n_kv_heads,
-                w.attn_norm, w.wqkv, w.wo, w.ffn_norm, w.w13, w.w2, cache.k_t[l], cache.v[l])
+                self.config.n_heads, self.config.n_kv_heads, self.config.head_dim,
+                w.attn_norm, w.wqkv, w.bqkv, w.q_norm, w.k_norm, w.wo, w.ffn_norm, w.w13, w.w2,
+                cache.k_t[l], cache.v[l])
             if l + 1 in taps:
                 tapped[l + 1] = hidden.copy()
         return tapped
@@ -254,3 +284,15 @@ class Model:
 def causal_mask(n: int) -> np.ndarray:
     """mask[r, j] = j <= r: each new row sees itself and the rows before it."""
     return np.tri(n, dtype=np.bool_)
+
+
+_CAUSAL_MASKS: dict[int, np.ndarray] = {}
+
+
+def _causal_mask_of(n: int) -> np.ndarray:
+    """causal_mask(n), built once per n up to 64 (run_layers' default; never handed out)."""
+    if n > 64:
+        return causal_mask(n)
+    if n not in _CAUSAL_MASKS:
+        _CAUSAL_MASKS[n] = causal_mask(n)
+    return _CAUSAL_MASKS[n]

@@ -18,6 +18,7 @@ class Budget:
     tokens: int
     reason: str                       # "max_new_tokens" or "seq_len"
     stops: tuple[int, ...] = STOP_IDS
+    eos_ids: tuple[int, ...] = (EOS_ID,)  # the stops reported as "eos" (the others as "bos")
 
 
 def token_budget(model, prompt_ids, max_new_tokens: int, settings=None) -> Budget:
@@ -33,10 +34,11 @@ def token_budget(model, prompt_ids, max_new_tokens: int, settings=None) -> Budge
     if max_new_tokens < 0:
         raise InputError(f"--max-new-tokens {max_new_tokens}: must be >= 0")
     room = seq_len - len(prompt_ids) + 1
-    stops = () if settings is not None and settings.ignore_eos else STOP_IDS
+    config = model.config
+    stops = () if settings is not None and settings.ignore_eos else config.stop_ids
     if max_new_tokens <= room:
-        return Budget(max_new_tokens, "max_new_tokens", stops)
-    return Budget(room, "seq_len", stops)
+        return Budget(max_new_tokens, "max_new_tokens", stops, config.eos_ids)
+    return Budget(room, "seq_len", stops, config.eos_ids)
 
 
 def clip(candidates: list[int], produced: int, budget: Budget) -> tuple[list[int], str | None]:
@@ -45,7 +47,7 @@ def clip(candidates: list[int], produced: int, budget: Budget) -> tuple[list[int
     kept = []
     for token in candidates:
         if token in budget.stops:
-            return kept, "eos" if token == EOS_ID else "bos"
+            return kept, "eos" if token in budget.eos_ids else "bos"
         kept.append(token)
         if produced + len(kept) >= budget.tokens:
             return kept, budget.reason

@@ -166,6 +166,8 @@ def write_gguf(path: str | os.PathLike, config: ModelConfig, weights: dict, dtyp
 
     if dtype not in FLOAT_TYPES:
         raise ValueError(f"dtype must be one of {FLOAT_TYPES}")
+    if config.arch not in ("llama", "mistral") or config.qkv_bias or config.qk_norm or config.head_size:
+        raise InputError(f"{path}: writing a {config.arch} model to GGUF is not supported (only Llama-shaped ones)")
     if config.rope_scaling:
         raise InputError(f"{path}: writing RoPE scaling {dict(config.rope_scaling)['rope_type']!r} to GGUF "
                          f"is not supported")

@@ -1,13 +1,14 @@
 """Hugging Face checkpoint directories: config.json + model.safetensors (or a sharded
-model.safetensors.index.json), Llama and Mistral.
+model.safetensors.index.json): Llama, Mistral, Qwen2 (q/k/v biases) and Qwen3 (per-head
+q/k RMSNorm, head_dim independent of hidden_size).
 
 Tensors in F32, F16 or BF16 are read memory-mapped and used as float32. HF stores
 q_proj/k_proj rows in the "rotate-half" RoPE layout (dimension k of a head
 rotates with k + head_dim/2); the model uses llama2.c's interleaved pairs
 (2k, 2k+1). Both layouts compute the same attention scores, because q and k of a
 head are permuted alike and a dot product does not care about the order of its
-terms, so the loader permutes the rows of wq/wk once (`rotate_half_to_interleaved`)
-and no kernel changes. config.json is read in both spellings: transformers 4.x
+terms, so the loader permutes the rows of wq/wk (and Qwen's q/k biases and per-head q/k
+norm weights) once (`rotate_half_to_interleaved`) and no RoPE kernel changes. config.json is read in both spellings: transformers 4.x
 (`rope_theta`, `rope_scaling`) and 5.x (`rope_parameters`). BOS/EOS come from
 generation_config.json, else config.json.
 
@@ -28,7 +29,14 @@ from refimpl.model import ModelConfig
 from refimpl.rope import LLAMA3_KEYS, ROPE_TYPES
 
 MAX_CONTEXT = 4096
-MODEL_TYPES = ("llama", "mistral")
+# model_type -> what it adds to the Llama block
+ARCHITECTURES = {
+    "llama": {},
+    "mistral": {"sliding_window": True},
+    "qwen2": {"qkv_bias": True},
+    "qwen3": {"qk_norm": True},
+}
+MODEL_TYPES = tuple(ARCHITECTURES)
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 
@@ -44,6 +52,10 @@ LAYER_TENSORS = {
     "w2": "model.layers.{l}.mlp.down_proj.weight",
     "w3": "model.layers.{l}.mlp.up_proj.weight",
 }
+BIAS_TENSORS = {"bq": "model.layers.{l}.self_attn.q_proj.bias", "bk": "model.layers.{l}.self_attn.k_proj.bias",
+                "bv": "model.layers.{l}.self_attn.v_proj.bias"}
+QK_NORM_TENSORS = {"q_norm": "model.layers.{l}.self_attn.q_norm.weight",
+                   "k_norm": "model.layers.{l}.self_attn.k_norm.weight"}
 GLOBAL_TENSORS = {"token_embedding": "model.embed_tokens.weight", "final_norm": "model.norm.weight",
                   "classifier": "lm_head.weight"}
 
@@ -110,11 +122,13 @@ def read_hf_config(folder: Path) -> ModelConfig:
             raise InputError(f"{where}: {key} {value!r} is not an integer")
         return value
 
+    arch = ARCHITECTURES[model_type]
     dim, n_heads = integer("hidden_size"), integer("num_attention_heads")
     head_dim = raw.get("head_dim")
-    if head_dim is not None and n_heads > 0 and head_dim != dim // n_heads:
-        raise InputError(f"{where}: head_dim {head_dim} differs from hidden_size / num_attention_heads "
-                         f"= {dim // n_heads}, which this model does not support")
+    if head_dim is not None and (not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim <= 0):
+        raise InputError(f"{where}: head_dim {head_dim!r} is not a positive integer")
+    if head_dim is None and model_type == "qwen3":
+        head_dim = 128  # transformers' Qwen3Config default
     act = raw.get("hidden_act", "silu")
     if act != "silu":
         raise InputError(f"{where}: hidden_act {act!r} is not supported (only silu)")
@@ -123,8 +137,9 @@ def read_hf_config(folder: Path) -> ModelConfig:
             raise InputError(f"{where}: {flag} is not supported for {model_type}")
     seq_len = min(integer("max_position_embeddings"), MAX_CONTEXT)
     window = raw.get("sliding_window")
-    if isinstance(window, int) and not isinstance(window, bool) and window > 0:
-        seq_len = min(seq_len, window)
+    windowed = arch.get("sliding_window") or raw.get("use_sliding_window")
+    if windowed and isinstance(window, int) and not isinstance(window, bool) and window > 0:
+        seq_len = min(seq_len, window)  # within the window, sliding attention is full attention
     theta, scaling = rope_settings(raw, str(where))
     eps = raw.get("rms_norm_eps", 1e-6)
     if not isinstance(eps, (int, float)) or not 0 < eps < 1:
@@ -134,7 +149,9 @@ def read_hf_config(folder: Path) -> ModelConfig:
         dim=dim, hidden_dim=integer("intermediate_size"), n_layers=integer("num_hidden_layers"),
         n_heads=n_heads, n_kv_heads=integer("num_key_value_heads", n_heads), vocab_size=integer("vocab_size"),
         seq_len=seq_len, shared_classifier=bool(raw.get("tie_word_embeddings", False)), norm_eps=float(eps),
-        rope_theta=theta, rope_scaling=scaling, bos_id=bos, eos_ids=eos)
+        rope_theta=theta, rope_scaling=scaling, bos_id=bos, eos_ids=eos, stop_at_bos=False,
+        head_size=head_dim if head_dim is not None and head_dim * n_heads != dim else None,
+        qkv_bias=bool(arch.get("qkv_bias")), qk_norm=bool(arch.get("qk_norm")), arch=model_type)
     config.validate(str(where))
     return config
 
@@ -176,16 +193,27 @@ def _open_tensors(folder: Path) -> dict[str, tuple[str, np.ndarray, Path]]:
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Dense name -> per-layer (or global) shape."""
     c = config
-    return {"attn_norm": (c.dim,), "wq": (c.dim, c.dim), "wk": (c.kv_dim, c.dim), "wv": (c.kv_dim, c.dim),
-            "wo": (c.dim, c.dim), "ffn_norm": (c.dim,), "w1": (c.hidden_dim, c.dim),
+    return {"attn_norm": (c.dim,), "wq": (c.q_dim, c.dim), "wk": (c.kv_dim, c.dim), "wv": (c.kv_dim, c.dim),
+            "wo": (c.dim, c.q_dim), "ffn_norm": (c.dim,), "w1": (c.hidden_dim, c.dim),
             "w2": (c.dim, c.hidden_dim), "w3": (c.hidden_dim, c.dim),
-            "token_embedding": (c.vocab_size, c.dim), "final_norm": (c.dim,), "classifier": (c.vocab_size, c.dim)}
+            "token_embedding": (c.vocab_size, c.dim), "final_norm": (c.dim,), "classifier": (c.vocab_size, c.dim),
+            "bq": (c.q_dim,), "bk": (c.kv_dim,), "bv": (c.kv_dim,), "q_norm": (c.head_dim,), "k_norm": (c.head_dim,)}
+
+
+def layer_tensors(config: ModelConfig) -> dict[str, str]:
+    """Dense name -> HF name pattern of every per-layer tensor of this architecture."""
+    tensors = dict(LAYER_TENSORS)
+    if config.qkv_bias:
+        tensors.update(BIAS_TENSORS)
+    if config.qk_norm:
+        tensors.update(QK_NORM_TENSORS)
+    return tensors
 
 
 def hf_names(config: ModelConfig) -> dict[str, tuple[str, int | None]]:
     """HF tensor name -> (dense name, layer or None) for every tensor the checkpoint must hold."""
     names = {pattern.format(l=l): (dense, l) for l in range(config.n_layers)
-             for dense, pattern in LAYER_TENSORS.items()}
+             for dense, pattern in layer_tensors(config).items()}
     for dense, name in GLOBAL_TENSORS.items():
         if dense != "classifier" or not config.shared_classifier:
             names[name] = (dense, None)
@@ -220,10 +248,10 @@ def read_hf(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
         raise InputError(f"{tensors[unexpected[0]][2]}: unexpected tensor {unexpected[0]!r} for {config.n_layers}-layer "
                          f"{'tied' if config.shared_classifier else 'untied'} model of {folder / 'config.json'}")
     shapes = expected_shapes(config)
-    weights: dict = {dense: [None] * config.n_layers for dense in LAYER_TENSORS}
+    weights: dict = {dense: [None] * config.n_layers for dense in layer_tensors(config)}
     for name, (dense, layer) in names.items():
         if name not in tensors:
-            raise InputError(f"{folder}: missing tensor {name!r}")
+            raise InputError(f"{folder}: missing tensor {name!r} (model_type {config.arch})")
         dtype, array, file = tensors[name]
         where = f"{file}: tensor {name!r}"
         if tuple(array.shape) != shapes[dense]:
@@ -231,10 +259,7 @@ def read_hf(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
         value = to_float32(dtype, array, where)
         if not np.isfinite(value).all():
             raise InputError(f"{where} holds non-finite values")
-        if dense == "wq":
-            value = rotate_half_to_interleaved(value, config.n_heads)
-        elif dense == "wk":
-            value = rotate_half_to_interleaved(value, config.n_kv_heads)
+        value = _to_interleaved(dense, value, config)
         if layer is None:
             weights[dense] = value
         else:
@@ -242,10 +267,26 @@ def read_hf(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
     return config, weights
 
 
+def _heads_of(dense: str, config: ModelConfig) -> int | None:
+    """How many RoPE heads a tensor's first axis spans (None: not rotated)."""
+    return {"wq": config.n_heads, "bq": config.n_heads, "wk": config.n_kv_heads, "bk": config.n_kv_heads,
+            "q_norm": 1, "k_norm": 1}.get(dense)
+
+
+def _to_interleaved(dense: str, value: np.ndarray, config: ModelConfig) -> np.ndarray:
+    """q/k weights, biases and per-head norm weights permuted from rotate-half to interleaved pairs."""
+    heads = _heads_of(dense, config)
+    if heads is None:
+        return value
+    return rotate_half_to_interleaved(value.reshape(value.shape[0], -1), heads).reshape(value.shape)
+
+
 def hf_config_dict(config: ModelConfig) -> dict:
-    """config.json for a Llama model (transformers 4.x spelling, which 5.x also reads)."""
+    """config.json (transformers 4.x spelling, which 5.x also reads)."""
     c = config
-    raw = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": c.dim,
+    names = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+             "qwen3": "Qwen3ForCausalLM"}
+    raw = {"architectures": [names[c.arch]], "model_type": c.arch, "hidden_size": c.dim,
            "intermediate_size": c.hidden_dim, "num_hidden_layers": c.n_layers, "num_attention_heads": c.n_heads,
            "num_key_value_heads": c.n_kv_heads, "vocab_size": c.vocab_size, "max_position_embeddings": c.seq_len,
            "rms_norm_eps": c.norm_eps, "rope_theta": c.rope_theta, "tie_word_embeddings": c.shared_classifier,
@@ -262,16 +303,18 @@ def write_hf(path: str | os.PathLike, config: ModelConfig, weights: dict, dtype:
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for l in range(config.n_layers):
-        for dense, pattern in LAYER_TENSORS.items():
+        for dense, pattern in layer_tensors(config).items():
             value = np.asarray(weights[dense][l], dtype=np.float32)
-            if dense in ("wq", "wk"):
-                value = interleaved_to_rotate_half(value, config.n_heads if dense == "wq" else config.n_kv_heads)
+            heads = _heads_of(dense, config)
+            if heads is not None:
+                value = interleaved_to_rotate_half(value.reshape(value.shape[0], -1), heads).reshape(value.shape)
             tensors[pattern.format(l=l)] = value
     for dense, name in GLOBAL_TENSORS.items():
         if dense != "classifier" or not config.shared_classifier:
             tensors[name] = weights[dense]
     raw = hf_config_dict(config)
     (folder / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
-    generation = {"bos_token_id": raw["bos_token_id"], "eos_token_id": raw["eos_token_id"]}
+    stops = list(config.stop_ids)  # a llama2.c model also stops at BOS: generation_config says so
+    generation = {"bos_token_id": raw["bos_token_id"], "eos_token_id": stops[0] if len(stops) == 1 else stops}
     (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     write_safetensors(folder / SINGLE_NAME, tensors, dtype, metadata={"format": "pt"})

@@ -22,18 +22,25 @@ def reference_logits(config, weights, tokens):
         out[..., 1::2] = even * sin[:, None] + odd * cos[:, None]
         return out
 
+    def project(h, l, name):  # a q/k/v projection with its bias (Qwen2) when the model has one
+        out = h @ weights["w" + name][l].T
+        return out + weights["b" + name][l] if c.qkv_bias else out
+
     for l in range(c.n_layers):
         h = norm(x, weights["attn_norm"][l])
-        q = rope((h @ weights["wq"][l].T).reshape(n, c.n_heads, hd))
-        k = rope((h @ weights["wk"][l].T).reshape(n, c.n_kv_heads, hd))
-        v = (h @ weights["wv"][l].T).reshape(n, c.n_kv_heads, hd)
+        q = project(h, l, "q").reshape(n, c.n_heads, hd)
+        k = project(h, l, "k").reshape(n, c.n_kv_heads, hd)
+        if c.qk_norm:  # Qwen3: RMSNorm of each head before RoPE
+            q, k = norm(q, weights["q_norm"][l]), norm(k, weights["k_norm"][l])
+        q, k = rope(q), rope(k)
+        v = project(h, l, "v").reshape(n, c.n_kv_heads, hd)
         group = c.n_heads // c.n_kv_heads
         k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
         scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd)
         scores = np.where(np.tri(n, dtype=bool)[None], scores, -np.inf)
         p = np.exp(scores - scores.max(-1, keepdims=True))
         p /= p.sum(-1, keepdims=True)
-        att = np.einsum("hqk,khd->qhd", p, v).reshape(n, c.dim)
+        att = np.einsum("hqk,khd->qhd", p, v).reshape(n, c.n_heads * hd)
         x = x + att @ weights["wo"][l].T
         h = norm(x, weights["ffn_norm"][l])
         gate, up = h @ weights["w1"][l].T, h @ weights["w3"][l].T

@@ -65,6 +65,7 @@ def test_stories15M_as_hf_and_gguf_gives_the_same_greedy_tokens(tmp_path):
     hf = convert(source, tmp_path / "stories15M", "hf")
     gguf = convert(source, tmp_path / "stories15M.gguf", "gguf")
     assert (hf / "tokenizer.model").is_file()
+    assert set(load_model(hf).config.stop_ids) == {1, 2}  # llama2.c's stop at BOS, kept in generation_config
     vocab = read_gguf_vocab(gguf)
     assert len(vocab["tokens"]) == 32000 and vocab["tokens"][9038] == "\u2581Once"
     runs = []

@@ -17,7 +17,7 @@ from refimpl.rope import inverse_frequencies
 from refimpl.testing import random_weights
 
 CONFIG = ModelConfig(dim=32, hidden_dim=40, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50, seq_len=48,
-                     shared_classifier=False, norm_eps=1e-5, bos_id=1, eos_ids=(2,))
+                     shared_classifier=False, norm_eps=1e-5, bos_id=1, eos_ids=(2,), stop_at_bos=False)
 TOKENS = [1, 7, 3, 9, 30, 2, 11]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -212,7 +212,8 @@ def first_tensor(header):
     ("unexpected", "unexpected tensor"),
     ("model_type", "model_type 'gpt-j'"),
     ("rope_type", "RoPE type 'yarn'"),
-    ("head_dim", "head_dim"),
+    ("head_dim", r"q_proj.weight' has shape \[32, 32\], config.json implies \[64, 32\]"),
+    ("head_dim_zero", "head_dim 0 is not a positive integer"),
     ("no_weights", "neither model.safetensors"),
     ("bad_json", "not readable JSON"),
     ("header_length", "header length"),
@@ -245,6 +246,7 @@ def test_bad_directories_raise_one_clear_error(hf_dir, case, message):
         "model_type": lambda: edit_config(folder, model_type="gpt-j"),
         "rope_type": lambda: edit_config(folder, rope_scaling={"rope_type": "yarn", "factor": 2.0}),
         "head_dim": lambda: edit_config(folder, head_dim=16),
+        "head_dim_zero": lambda: edit_config(folder, head_dim=0),
         "no_weights": lambda: file.unlink(),
         "bad_json": lambda: (folder / "config.json").write_text("{"),
         "header_length": lambda: file.write_bytes(struct.pack("<Q", 1 << 40) + b"{}"),
@@ -284,3 +286,31 @@ def test_fuzzed_headers_are_validated_before_any_read(tmp_path_factory, header, 
     spans = sorted(tuple(header[n]["data_offsets"]) for n in tensors)
     assert all(e0 <= b1 for (_, e0), (b1, _) in zip(spans, spans[1:]))
     assert all(e <= buffer_bytes for _, e in spans)
+
+
+def test_cli_names_the_file_and_exits_2(hf_dir, capsys):
+    from mirrorstream.cli import main
+
+    folder, _ = hf_dir
+    edit_config(folder, model_type="falcon")
+    assert main(["generate", "--model", str(folder), "--prompt-ids", "1,2"]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder / 'config.json'}: model_type 'falcon' is not supported" in err and err.count("\n") == 1
+
+
+def test_cli_generates_from_a_directory_and_stops_at_its_eos(hf_dir, capsys):
+    from mirrorstream.cli import main
+    from refimpl.sampling import SamplingSettings
+    from refimpl.testing import decode
+
+    folder, _ = hf_dir
+    model = load_model(folder)
+    free = decode("ar", model, [1, 7], SamplingSettings(ignore_eos=True), 30).tokens
+    stop = free[4]
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [stop]}))
+    assert main(["generate", "--model", str(folder), "--prompt-ids", "1,7", "--max-new-tokens", "30", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["tokens"] == free[:free.index(stop)] and out["stats"]["stop_reason"] == "eos"
+    assert main(["generate", "--model", str(folder), "--prompt-ids", "1,7", "--max-new-tokens", "30", "--json",
+                 "--ignore-eos"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] == free

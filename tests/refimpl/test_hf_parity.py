@@ -25,6 +25,8 @@ ARCHITECTURES = {
                                                        tie_word_embeddings=True),
     "llama3-rope": lambda: transformers.LlamaConfig(**SHAPE, rope_parameters=LLAMA3),
     "mistral": lambda: transformers.MistralConfig(**SHAPE, sliding_window=None),
+    "qwen2": lambda: transformers.Qwen2Config(**SHAPE, tie_word_embeddings=False),
+    "qwen3": lambda: transformers.Qwen3Config(**SHAPE, head_dim=32, tie_word_embeddings=True),
 }
 
 
@@ -33,7 +35,9 @@ def sharpen(model, seed):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.ndim == 1:
+            if name.endswith(".bias"):
+                p.copy_(0.5 * torch.randn(p.shape, generator=gen))
+            elif p.ndim == 1:
                 p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
             elif "embed_tokens" in name:
                 p.copy_(torch.randn(p.shape, generator=gen))
@@ -71,12 +75,7 @@ def test_32_greedy_tokens_match(pair):
         out = theirs.generate(torch.tensor([prompt]), max_new_tokens=32, min_new_tokens=32, do_sample=False,
                               eos_token_id=None, pad_token_id=0)
     expected = out[0, len(prompt):].tolist()
-    ids, cache = list(prompt), ours.new_cache()
-    logits = ours.forward(ids, np.arange(len(ids)), cache)[-1]
-    got = []
-    for _ in range(32):
-        got.append(int(np.argmax(logits)))
-        logits = ours.forward([got[-1]], [len(prompt) + len(got) - 1], cache)[0]
+    got = generate(autoregressive(ours, prompt, SamplingSettings(ignore_eos=True), 32), prompt).tokens
     assert got == expected
 
 

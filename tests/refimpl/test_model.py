@@ -1,10 +1,11 @@
 """The model: correct numerics, and bitwise batch invariance across every way of computing a position."""
 import numba
 import numpy as np
+import pytest
 from hypothesis import given, strategies as st
 
 from refimpl.model import Model
-from refimpl.testing import random_model, random_weights, tiny_configs
+from refimpl.testing import ARCHITECTURES, random_model, random_weights, tiny_configs
 
 from reference import reference_logits
 
@@ -27,8 +28,10 @@ def chunked_logits(model, tokens, sizes):
     return np.concatenate(rows)
 
 
-@given(config=tiny_configs(), seed=st.integers(0, 2**16), data=st.data())
-def test_prefill_chunks_and_steps_give_identical_bits(config, seed, data):
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@given(seed=st.integers(0, 2**16), data=st.data())
+def test_prefill_chunks_and_steps_give_identical_bits(arch, seed, data):
+    config = data.draw(tiny_configs(arch), label="config")
     model = random_model(config, seed)
     n = data.draw(st.integers(1, min(config.seq_len, 40)), label="n")
     tokens = np.array(data.draw(st.lists(st.integers(0, config.vocab_size - 1), min_size=n, max_size=n)))
@@ -38,8 +41,10 @@ def test_prefill_chunks_and_steps_give_identical_bits(config, seed, data):
     assert np.array_equal(prefill, chunked_logits(model, tokens, sizes + [n]))
 
 
-@given(config=tiny_configs(), seed=st.integers(0, 2**16))
-def test_model_matches_independent_float64_reference(config, seed):
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@given(seed=st.integers(0, 2**16), data=st.data())
+def test_model_matches_independent_float64_reference(arch, seed, data):
+    config = data.draw(tiny_configs(arch), label="config")
     weights = random_weights(config, seed)
     model = Model.from_dense(config, weights)
     tokens = np.arange(min(config.seq_len, 12)) % config.vocab_size
@@ -61,8 +66,10 @@ def tree_case(rng, vocab, n_nodes):
     return parents, tokens, mask, depth
 
 
-@given(config=tiny_configs(), seed=st.integers(0, 2**16), n_nodes=st.integers(1, 12))
-def test_tree_nodes_equal_autoregressive_along_their_path(config, seed, n_nodes):
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@given(seed=st.integers(0, 2**16), n_nodes=st.integers(1, 12), data=st.data())
+def test_tree_nodes_equal_autoregressive_along_their_path(arch, seed, n_nodes, data):
+    config = data.draw(tiny_configs(arch), label="config")
     model = random_model(config, seed)
     rng = np.random.default_rng(seed)
     prefix = rng.integers(0, config.vocab_size, 5)

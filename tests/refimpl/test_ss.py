@@ -17,7 +17,7 @@ from refimpl.decoding.ss import (DEFERRED, FUSED, LevelDrafter, StreamProposer, 
                                  speculative_streaming)
 from refimpl.errors import InputError
 from refimpl.model import ModelConfig
-from refimpl.sampling import SamplingSettings, probabilities
+from refimpl.sampling import SAMPLE, SamplingSettings, probabilities
 from refimpl.streams import random_streams, run_with_streams, surviving_nodes
 from refimpl.testing import assert_same_as_ar, decode, enumerate_outcomes, random_model, tiny_configs, total_variation
 from refimpl.trees import TokenTree, stream_mask
@@ -175,7 +175,7 @@ def ss_step(p, q_levels, transition, k, depth, threshold, rng, children=REJECTIO
     verdict = verify_rejection(tree, rows, pruned.q, rng, 0)
     out = [tree.tokens[i] for i in verdict.path[1:]] + [verdict.token]
     while len(out) < depth + 1:
-        out.append(rng.choose(p(tuple(out)), len(out)))
+        out.append(rng.choose(p(tuple(out)), len(out) + 1, SAMPLE))
     return tuple(out)
 
 

@@ -39,7 +39,7 @@ from refimpl.tokenizer import BOS_ID, load_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINTS = Path(os.environ.get("MIRRORSTREAM_MODELS", str(ROOT.parent / "shared" / "checkpoints")))
-ANCHOR = Path(os.environ.get("MIRRORSTREAM_ANCHORS", str(ROOT.parent / "shared" / "anchors"))) / "llama2c"
+ANCHOR = Path(os.environ.get("MIRRORSTREAM_ANCHORS", str(CHECKPOINTS.parent / "anchors"))) / "llama2c"
 PROMPTS = [
     "Once upon a time, there was a little girl named Lily.", "Tom and his dog Max went to the park.",
     "One day, a big bear came out of the forest.", "Sara had a red ball. She loved to play with it.",
@@ -84,7 +84,10 @@ def parameter_rows(model, streams, heads):
     (ours), K*(h^2 + h*v) as the paper counts it (each head with its own classifier copy)."""
     h, v = model.config.dim, model.config.vocab_size
     ours_ss = streams.embeddings.size + streams.prune_down.size + streams.prune_up.size
-    rows = [{"model": f"stories15M (ours, gamma={streams.gamma})", "SS": ours_ss,
+    if streams.init_down is not None:     # the low-rank f_eta
+        ours_ss += streams.init_down.size + streams.init_up.size
+    eta = 0 if streams.init_down is None else streams.init_down.shape[2]
+    rows = [{"model": f"stories15M (ours, gamma={streams.gamma}, eta={eta})", "SS": ours_ss,
              "Medusa-1 shared classifier": (heads.weights.size + heads.biases.size) if heads else streams.gamma * (h * h + h),
              "Medusa-1 own classifiers": streams.gamma * (h * h + h * v)}]
     for name, h, v in PAPER_MODELS:

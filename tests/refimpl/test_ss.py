@@ -175,7 +175,7 @@ def ss_step(p, q_levels, transition, k, depth, threshold, rng, children=REJECTIO
     verdict = verify_rejection(tree, rows, pruned.q, rng, 0)
     out = [tree.tokens[i] for i in verdict.path[1:]] + [verdict.token]
     while len(out) < depth + 1:
-        out.append(rng.choose(p(tuple(out)), len(out), SAMPLE))
+        out.append(rng.choose(p(tuple(out)), len(out) + 1, SAMPLE))
     return tuple(out)
 
 

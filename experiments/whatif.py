@@ -16,6 +16,11 @@ Coverage Ω_κ(ℓe) of the early exit is not published for Qwen3. Two scenarios
 Where a study changes κ or ℓe, Ω moves with them by the logit-lens curve
 (`coverage_for`): linear in log2 κ and in depth between the measured points, and
 in the premise scenario scaled so that Ω_8(N/2) = 0.7, capped at 1.
+
+Two more: request-level serving (Poisson arrivals at a rate, continuous batching
+up to 8 sequences; `simulator.serving`), and the testbed's speedups with error
+bars (`simulator.uncertainty`: the parameters marked unconfirmed over their
+ranges, and the calibration residuals).
 """
 from __future__ import annotations
 
@@ -116,6 +121,38 @@ def simulate_point(point: tuple) -> dict:
     return {m: results[m].speedup for m in METHODS}
 
 
+#: Requests per second offered to the testbed in the serving study (continuous batching, at most 8).
+RATES, QUICK_RATES = [0.05, 0.1, 0.2, 0.4, 0.8], [0.05, 0.4]
+SERVED = ("ar", "sd", "mirror+ss")
+
+
+def serve_point(point: tuple) -> dict:
+    """Median request latency and throughput per method at one Poisson arrival rate."""
+    from simulator import SPEC_BENCH, AcceptanceModel, SimConfig, Workload
+    from simulator.config import TESTBED
+    from simulator.serving import poisson_arrivals, serve
+
+    rate, requests = point
+    task = dataclasses.replace(SPEC_BENCH["qa"], prompts=requests)
+    workload = Workload([task], AcceptanceModel(0.8, PREMISE_OMEGA8))
+    config = SimConfig(link=TESTBED["link"], batch=8)
+    results = serve(workload, config, SERVED, poisson_arrivals(rate, requests, seed=1))
+    return {m: {"p50_latency_s": r.metrics()["latency_s"]["p50"],
+                "throughput": r.metrics()["throughput_tokens_per_s"]} for m, r in results.items()}
+
+
+def uncertainty_point(prompts: int) -> dict:
+    """The testbed's speedups with the interval the simulator gives them (simulator.uncertainty)."""
+    from simulator import SPEC_BENCH, AcceptanceModel, SimConfig, Workload
+    from simulator.config import TESTBED
+    from simulator.uncertainty import predict_with_uncertainty
+
+    tasks = [dataclasses.replace(t, prompts=prompts) for t in SPEC_BENCH.values()]
+    report = predict_with_uncertainty(Workload(tasks, AcceptanceModel(0.8, PREMISE_OMEGA8)),
+                                      SimConfig(link=TESTBED["link"]), ("ar", *METHODS))
+    return {m: report["methods"][m]["speedup"] for m in METHODS}
+
+
 def _figure(ctx, study: str, xs, values: dict) -> str:
     import matplotlib
     matplotlib.use("Agg")
@@ -154,6 +191,41 @@ def _table(study: str, xs, values: dict) -> str:
                            "mirror (lens)", "mirror+ss (lens)"], tablefmt="github", floatfmt=".2f")
 
 
+def _serving_table(rates, served) -> str:
+    from tabulate import tabulate
+    rows = [[f"{rate:g}", *(f"{r[m]['p50_latency_s']:.1f}" for m in SERVED),
+             *(f"{r[m]['throughput']:.0f}" for m in SERVED)] for rate, r in zip(rates, served)]
+    return ("**Serving** (Spec-Bench QA lengths, Poisson arrivals, continuous batching up to 8 sequences, "
+            "κ and streams by batch as the paper's rules say):\n\n" + tabulate(
+                rows, ["requests/s", *(f"p50 latency {m} (s)" for m in SERVED),
+                       *(f"tokens/s {m}" for m in SERVED)], tablefmt="github"))
+
+
+def _serving_figure(ctx, rates, served) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for method in SERVED:
+        ax.plot(rates, [r[method]["p50_latency_s"] for r in served], marker="o", label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("arrival rate (requests/s)")
+    ax.set_ylabel("median request latency (s)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    name = "whatif_serving.png"
+    fig.savefig(ctx.out / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
+def _bars_table(bars: dict) -> str:
+    from tabulate import tabulate
+    return tabulate([[m, f"{b['low']:.2f}", f"{b['value']:.2f}", f"{b['high']:.2f}"] for m, b in bars.items()],
+                    ["method", "low", "speedup", "high"], tablefmt="github")
+
+
 def _break_even(xs, values: dict, scenario: str) -> str:
     """Where mirror stops beating sd, in words."""
     losing = [x for x in xs if values[(x, scenario)]["mirror"] <= values[(x, scenario)]["sd"]]
@@ -187,6 +259,14 @@ def run(ctx):
                               f"lens {_break_even(xs, values, 'lens')}.\n\n" + _table(study, xs, values))
         section.figures.append((name, f"Speedup over ar against {STUDIES[study][0]}"))
         breaks[study] = {sc: _break_even(xs, values, sc) for sc in SCENARIOS}
+    rates = QUICK_RATES if ctx.quick else RATES
+    served = ctx.map(serve_point, [(rate, 16 if ctx.quick else 60) for rate in rates], "serving")
+    section.blocks.append(_serving_table(rates, served))
+    section.figures.append((_serving_figure(ctx, rates, served), "Median request latency against the arrival rate"))
+    bars = ctx.map(uncertainty_point, [2 if ctx.quick else 6], "error bars")[0]
+    section.blocks.append("**The testbed with error bars** (`simulate --uncertainty`: every parameter marked "
+                          "unconfirmed over its range, and the calibration residuals; premise coverage):\n\n" +
+                          _bars_table(bars))
     section.summary = {"whatif_testbed_mirror_speedup": outcome[("npu", 1, "premise", prompts)]["mirror"]
                        if ("npu", 1, "premise", prompts) in outcome else None,
                        "whatif_break_even": breaks}

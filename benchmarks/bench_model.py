@@ -1,20 +1,28 @@
-"""Benchmark of the reference model on stories15M: decoding speed and verification cost.
+"""Benchmark of the reference model on stories15M: decoding speed beside llama2.c's run.c,
+and verification cost.
 
-    python benchmarks/bench_model.py [--model PATH] [--tokens 200] [--json]
+    python benchmarks/bench_model.py [--model PATH] [--tokenizer PATH] [--llama2c DIR]
+                                     [--rounds 5] [--json]
 
 Prints four tables:
 1. first-use numba compile time (fresh cache dir) and the time of a second process;
-2. this machine's single-thread read bandwidth and the matmul kernel's multiply-add rate;
-3. autoregressive tokens/s and achieved weight bandwidth with 1 and 2 threads;
-4. the verification cost curve: one forward pass of n = 1..64 new tokens over a
-   128-token cached context, its ratio to n = 1, and the floor
-   max(weight bytes / bandwidth, multiply-adds / multiply-add rate).
+2. this machine's read bandwidth and the matmul kernel's multiply-add rate, per thread count;
+3. autoregressive tokens/s with 1 and 2 threads, ours and run.c's (built from --llama2c with
+   its build.sh) timed alternately in the same run, best of --rounds each, the ratio of the
+   bests (target >= 1.0) and each side's worst/best spread (how noisy the machine was);
+4. the verification cost curve: one forward pass of n = 1..64 new tokens over a 128-token
+   cached context, best of 10, its ratio to n = 1 (targets on one thread: n=4 <= 1.3,
+   n=8 <= 1.8), and the floor max(weight bytes / bandwidth, multiply-adds / multiply-add rate)
+   with that floor's own ratio to n = 1's.
+Both speeds are timed from the second position on (run.c's own "achieved tok/s").
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,6 +41,8 @@ from refimpl.sampling import SamplingSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = os.environ.get("MIRRORSTREAM_MODELS", str(ROOT.parent / "shared" / "checkpoints"))
+DEFAULT_LLAMA2C = Path(DEFAULT_MODEL).parent / "anchors" / "llama2c"  # beside the checkpoints folder
+STEPS = 256  # positions per decoding run, run.c's default
 
 
 @njit(fastmath=True, cache=True)
@@ -85,16 +95,46 @@ def machine_rates(threads: int) -> dict:
     return {"threads": threads, "read_gb_per_s": bandwidth / 1e9, "kernel_gmac_per_s": mac_rate / 1e9}
 
 
-def decode_speed(model, threads: int, n_tokens: int) -> dict:
+def build_llama2c(source: Path, out: Path) -> tuple[Path, Path] | None:
+    """run.c built by its build.sh: (single-thread, OpenMP) executables, or None if it cannot be."""
+    script = source / "build.sh"
+    if not script.is_file() or shutil.which("gcc") is None:
+        return None
+    subprocess.run(["bash", str(script), str(out)], check=True, capture_output=True)
+    return out / "run", out / "runomp"
+
+
+def llama2c_tokens_per_s(executables, model_path: str, tokenizer: str, threads: int) -> float:
+    """run.c's own "achieved tok/s" for STEPS greedy steps from "Once upon a time"."""
+    single, omp = executables
+    exe = single if threads == 1 else omp
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    run = subprocess.run([str(exe), model_path, "-z", tokenizer, "-t", "0", "-n", str(STEPS), "-i", "Once upon a time"],
+                         env=env, capture_output=True, text=True, check=True)
+    return float(re.search(r"achieved tok/s: ([0-9.]+)", run.stderr).group(1))
+
+
+def our_tokens_per_s(model, threads: int) -> float:
+    """Greedy decoding of STEPS positions from BOS, timed from the second position on, like run.c."""
     numba.set_num_threads(threads)
-    settings = SamplingSettings()
-    best = None
-    for _ in range(3):
-        result = generate(autoregressive(model, [1], settings, n_tokens), [1])
-        best = result if best is None or result.seconds < best.seconds else best
-    per_s = len(best.tokens) / best.seconds
-    return {"threads": threads, "tokens": len(best.tokens), "tokens_per_s": per_s,
-            "weight_gb_per_s": model.weight_bytes() * best.target_calls / best.seconds / 1e9}
+    result = generate(autoregressive(model, [1], SamplingSettings(ignore_eos=True), STEPS - 1), [1])
+    timed = result.seconds - result.records[0].wall_s  # drop the first pass (the prompt's)
+    return (len(result.tokens) - 1) / timed
+
+
+def decode_speed(model, threads: int, rounds: int, llama2c, model_path: str, tokenizer: str | None) -> dict:
+    """Ours and run.c's tokens/s, timed alternately, best of `rounds` each."""
+    ours, theirs = [], []
+    for _ in range(rounds):
+        ours.append(our_tokens_per_s(model, threads))
+        if llama2c and tokenizer:
+            theirs.append(llama2c_tokens_per_s(llama2c, model_path, tokenizer, threads))
+    row = {"threads": threads, "ours_tok_s": max(ours), "ours_spread": min(ours) / max(ours),
+           "weight_gb_per_s": model.weight_bytes() * max(ours) / 1e9}
+    if theirs:
+        row.update(run_c_tok_s=max(theirs), run_c_spread=min(theirs) / max(theirs),
+                   ratio=max(ours) / max(theirs))
+    return row
 
 
 def multiply_adds(model, n: int, context: int) -> float:
@@ -117,24 +157,36 @@ def verification_curve(model, threads: int, rates: dict, context: int = 128) -> 
         rows.append({"threads": threads, "n": n, "ms": seconds * 1e3, "floor_ms": floor * 1e3})
     for row in rows:
         row["ratio_to_n1"] = row["ms"] / rows[0]["ms"]
+        row["floor_ratio"] = row["floor_ms"] / rows[0]["floor_ms"]
     return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(Path(DEFAULT_MODEL) / "stories15M" / "stories15M.bin"))
-    parser.add_argument("--tokens", type=int, default=200, help="tokens per decoding run (default 200)")
+    parser.add_argument("--tokenizer", help="llama2.c tokenizer.bin for run.c (default: beside --model)")
+    parser.add_argument("--llama2c", default=str(DEFAULT_LLAMA2C), help="folder with run.c and build.sh")
+    parser.add_argument("--rounds", type=int, default=5, help="decoding runs per side and thread count (default 5)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not Path(args.model).is_file():
         print(f"bench_model: --model {args.model}: file not found", file=sys.stderr)
         return 2
+    if args.rounds < 1:
+        print(f"bench_model: --rounds {args.rounds}: must be at least 1", file=sys.stderr)
+        return 2
+    tokenizer = args.tokenizer or str(Path(args.model).parent / "tokenizer.bin")
+    tokenizer = tokenizer if Path(tokenizer).is_file() else None
     compiled = compile_times(args.model)
     model = load_model(args.model)
     model.forward([1], [0], model.new_cache(2))
     thread_counts = [t for t in (1, 2) if t <= numba.config.NUMBA_NUM_THREADS]
     rates = {t: machine_rates(t) for t in thread_counts}
-    speeds = [decode_speed(model, t, args.tokens) for t in thread_counts]
+    with tempfile.TemporaryDirectory() as build_dir:
+        llama2c = build_llama2c(Path(args.llama2c), Path(build_dir))
+        if llama2c is None or tokenizer is None:
+            print("bench_model: run.c not timed (no build.sh or gcc, or no tokenizer.bin)", file=sys.stderr)
+        speeds = [decode_speed(model, t, args.rounds, llama2c, args.model, tokenizer) for t in thread_counts]
     curves = [row for t in thread_counts for row in verification_curve(model, t, rates[t])]
     if args.json:
         print(json.dumps({"compile": compiled, "machine": list(rates.values()), "decode": speeds,
@@ -142,7 +194,7 @@ def main() -> int:
         return 0
     print(tabulate([compiled], headers="keys", floatfmt=".2f"), end="\n\n")
     print(tabulate(list(rates.values()), headers="keys", floatfmt=".1f"), end="\n\n")
-    print(tabulate(speeds, headers="keys", floatfmt=".1f"), end="\n\n")
+    print(tabulate(speeds, headers="keys", floatfmt=".2f"), end="\n\n")
     print(tabulate(curves, headers="keys", floatfmt=".2f"))
     return 0
 

@@ -23,6 +23,7 @@ from experiments.sweep import Pool, open_pool
 
 #: name -> module of every experiment, in report order.
 EXPERIMENTS = {
+    "table1": "experiments.table1",
     "sim-vs-cpu": "experiments.sim_vs_cpu",
     "whatif": "experiments.whatif",
 }

@@ -63,14 +63,17 @@ def _system(study: str, x):
     """(SimConfig, κ, depth) of one point."""
     import hwmodels
     from simulator import Group, SimConfig
+    from simulator.config import TESTBED
 
-    base = SimConfig()
+    base = SimConfig(link=TESTBED["link"])
     n_layers = hwmodels.get_model(base.target_model).n_layers
     if study == "npu":
         npu = hwmodels.get_device(base.draft.device).scaled(x)
         return dataclasses.replace(base, draft=Group(npu, base.draft.tp)), 8, 0.5
     if study == "link":
-        link = hwmodels.get_link(base.link).with_params(alpha_s=x)
+        from simulator.config import default_link   # SimConfig's link is None: the testbed's by default
+        testbed = default_link(hwmodels.get_device(base.target.device), hwmodels.get_device(base.draft.device))
+        link = hwmodels.get_link(base.link or testbed).with_params(alpha_s=x)
         return dataclasses.replace(base, link=link), 8, 0.5
     if study == "kappa":
         return dataclasses.replace(base, kappa=x), x, 0.5

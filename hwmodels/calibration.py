@@ -9,8 +9,17 @@ scipy's least squares, over the parameters named in `free` (one value per
 device in the table) and `shared` (one value for all of them). Leave-one-out
 refits without each point in turn and predicts it.
 
-Shipped calibrations live in data/calibrations/NAME.json: the fitted parameters
-per device, the settings of the fit, its errors and the source of the data.
+A row may instead time one step of a speculative method (hwmodels.steps):
+columns method (ar, lookup, medusa, eagle, hydra), draft_rows ("4;4;8", the
+rows of each draft pass), heads (Medusa) and, in place of seconds,
+ratio_to_ar (the step's time over an autoregressive step of the same model),
+the form in which papers report step overheads (mean accepted tokens per
+step / speedup). A fit is refused (InputError) when it has no more points than
+free parameters, or when it pins an efficiency at 1 that would go beyond
+1 + PHYSICAL_TOLERANCE if allowed.
+
+Shipped calibrations live in data/calibrations/NAME.json (written by
+experiments/calibrate_gpus.py and calibrate_cpu.py; loaded by `fitted`).
 `get_device("DEVICE@NAME")` applies one; a device entry's `calibration` field
 names its default.
 """

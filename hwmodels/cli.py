@@ -1,4 +1,4 @@
-"""`mirrorstream hw ...`: list, show, latency, calibrate."""
+"""`mirrorstream hw ...`: list, show, latency, step, calibrate."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,7 @@ from .fitted import load_calibration, shipped_calibrations
 from .hardware import PARAM_BOUNDS
 from .latency import SHARDINGS, forward_latency
 from .models import get_model, known_models
+from .steps import MEDUSA_HEADS, METHODS as STEP_METHODS, step_parts
 
 
 def register(subparsers) -> None:
@@ -50,6 +51,20 @@ def register(subparsers) -> None:
                    help="what-if: multiply every device rate by this and divide its fixed times by it")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_latency)
+
+    p = sub.add_parser("step", help="time of one speculative step of a method, term by term (hwmodels.steps)")
+    p.add_argument("--method", required=True, choices=STEP_METHODS, help="decoding method")
+    p.add_argument("--device", required=True, help="device name (as for hw latency)")
+    p.add_argument("--model", required=True, help="target model name")
+    p.add_argument("--tokens", type=int, default=1, help="rows of the verification pass (tree nodes + 1; default 1)")
+    p.add_argument("--context", type=int, default=0, help="KV context length before the step (default 0)")
+    p.add_argument("--draft-rows", default="", help="rows of each draft pass, comma-separated (eagle, hydra, sd)")
+    p.add_argument("--heads", type=int, default=MEDUSA_HEADS, help=f"medusa heads (default {MEDUSA_HEADS})")
+    p.add_argument("--draft-model", help="sd: the draft model (on the same device)")
+    p.add_argument("--batch", type=int, default=1, help="sequences in the batch (default 1)")
+    p.add_argument("--dtype", default="fp16", help="weight dtype (default fp16)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_step)
 
     p = sub.add_parser("calibrate", help="fit efficiencies/overheads to a measurement CSV")
     p.add_argument("csv", help="CSV with columns device,model,n,L,B,G,seconds (optional dtype,layers,classifier,sharding)")
@@ -176,6 +191,39 @@ def cmd_latency(args) -> int:
     print(tabulate(rows, headers=["", "ms", "share"], floatfmt=(None, ".4f", ".1%")))
     print(f"{lat.bound}-bound: raw compute {lat.compute_time * 1e3:.4f} ms, raw memory {lat.memory_time * 1e3:.4f} ms, "
           f"{lat.collectives} all-reduces of {lat.message_bytes:.0f} bytes")
+    return 0
+
+
+# ----- step -------------------------------------------------------------------
+def _rows_list(text: str) -> tuple[int, ...]:
+    try:
+        rows = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise InputError(f"--draft-rows: expected comma-separated row counts, got {text!r}") from None
+    if any(r < 1 for r in rows) or len(rows) > 64:
+        raise InputError(f"--draft-rows: need at most 64 passes of >= 1 row each, got {text!r}")
+    return rows
+
+
+def cmd_step(args) -> int:
+    if args.method == "sd" and not args.draft_model:
+        raise InputError("--draft-model: a step of sd needs the draft model")
+    device = get_device(args.device)
+    ar = step_parts("ar", args.model, device, 1, args.context, batch=args.batch, dtype=args.dtype)
+    parts = step_parts(args.method, args.model, device, args.tokens, args.context, batch=args.batch,
+                       dtype=args.dtype, draft_rows=_rows_list(args.draft_rows), heads=args.heads,
+                       draft_shape=args.draft_model)
+    seconds, ar_seconds = sum(parts.values()), sum(ar.values())
+    if args.json:
+        _print_json({"method": args.method, "device": device.key, "model": get_model(args.model).name,
+                     "seconds": seconds, "parts": parts, "ar_seconds": ar_seconds, "ratio_to_ar": seconds / ar_seconds})
+        return 0
+    rows = [[term, t * 1e3, t / seconds if seconds else 0.0] for term, t in parts.items()]
+    rows.append(["total", seconds * 1e3, 1.0])
+    print(f"{args.method} step of {get_model(args.model).name} on {device.key}: {args.tokens} rows, "
+          f"context {args.context}, batch {args.batch}")
+    print(tabulate(rows, headers=["", "ms", "share"], floatfmt=(None, ".4f", ".1%")))
+    print(f"{seconds / ar_seconds:.3f}x an autoregressive step ({ar_seconds * 1e3:.4f} ms)")
     return 0
 
 

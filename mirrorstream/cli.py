@@ -21,7 +21,7 @@ import os
 import sys
 import traceback
 
-COMMAND_MODULES = ("refimpl.cli", "refimpl.convert", "refimpl.pull", "hwmodels.cli", "simulator.cli",
+COMMAND_MODULES = ("refimpl.cli", "refimpl.train_cli", "refimpl.convert", "refimpl.pull", "hwmodels.cli", "simulator.cli",
                    "experiments.cli")
 ERROR_CLASSES = ("refimpl.errors:InputError", "hwmodels.errors:InputError", "simulator.errors:InputError",
                  "experiments.runner:ExperimentError")

@@ -33,9 +33,6 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     p.set_defaults(func=run_generate)
     register_oracle(subparsers)
-    from refimpl import train_cli
-
-    train_cli.register(subparsers)
 
 
 def add_method_options(p: argparse.ArgumentParser) -> None:
@@ -102,7 +99,7 @@ SS_TREE_K = 1
 SS_PRUNE_THRESHOLD = 0.0
 
 
-def self_drafting_params(args, model) -> tuple[dict, dict, None]:
+def self_drafting_params(args, model) -> tuple[dict, dict, object]:
     """ss and medusa: the stream or head parameters (the shipped ones by default) and settings."""
     from refimpl.decoding.medusa import load_heads
     from refimpl.streams import load_streams, shipped
@@ -116,8 +113,15 @@ def self_drafting_params(args, model) -> tuple[dict, dict, None]:
     else:
         path = args.heads or shipped(model, "heads")
         loaded = dict(heads=load_heads(path, model))
-    gamma = next(iter(loaded.values())).gamma if args.gamma is None else args.gamma
-    return dict(params, **loaded), dict(params, gamma=gamma, file=str(path)), None
+    spec = next(iter(loaded.values()))
+    gamma = spec.gamma if args.gamma is None else args.gamma
+    header = dict(params, gamma=gamma, file=str(path))
+    layers = spec.n_layers if args.method == "ss" else 1
+    if args.method == "ss":
+        header["stream_layers"] = layers
+    shape = model.first_layers(layers)    # the trace's draft: the shape the stream/head rows run through
+    shape.name = f"{model.name} streams (last {layers} layers)" if args.method == "ss" else f"{model.name} heads"
+    return dict(params, **loaded), header, shape
 
 
 def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -163,8 +167,12 @@ def check_options(args) -> None:
     """Range-check every option that needs no model, before any work: a bad value must
     fail at once, never after a model load or a long computation."""
     _at_least(args, "max_new_tokens", 0)
-    for name in ("gamma", "tree_k", "ngram", "draft_layers", "threads"):
+    for name in ("gamma", "tree_k", "ngram", "draft_layers", "threads", "kappa", "max_branches", "exit_layer"):
         _at_least(args, name, 1)
+    for name in ("near_tie", "logprob_tolerance"):
+        value = getattr(args, name, None)
+        if value is not None and not 0 <= value < float("inf"):
+            raise InputError(f"--{name.replace('_', '-')} {value}: must be a finite number >= 0")
     if args.prompt is not None:
         try:
             args.prompt.encode("utf-8")
@@ -180,8 +188,9 @@ def _at_least(args, name: str, low: int) -> None:
         raise InputError(f"--{name.replace('_', '-')} {value}: must be >= {low}")
 
 
-def load_inputs(args):
-    """(model, tokenizer or None, prompt ids, sampling settings, startup seconds) from the options."""
+def load_inputs(args, warm: bool = True):
+    """(model, tokenizer or None, prompt ids, sampling settings, startup seconds) from the options;
+    warm=False leaves the first pass (`warm_up`) to the caller."""
     check_options(args)
     set_threads(args.threads)
     settings = SamplingSettings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
@@ -201,7 +210,8 @@ def load_inputs(args):
     else:
         check_ids(prompt_ids, model.config.vocab_size, "--prompt-ids")
     model.check_tokens(np.asarray(prompt_ids), np.zeros(len(prompt_ids), dtype=np.int64))
-    warm_up(model)
+    if warm:
+        warm_up(model)
     return model, tokenizer, prompt_ids, settings, time.perf_counter() - start
 
 
@@ -220,9 +230,14 @@ def warm_up(model) -> None:
 
 
 def run_generate(args) -> int:
-    model, tokenizer, prompt_ids, settings, startup_s = load_inputs(args)
+    model, tokenizer, prompt_ids, settings, startup_s = load_inputs(args, warm=False)
+    if args.gamma is not None and args.gamma >= model.config.seq_len:   # before any method sizes a window by it
+        raise InputError(f"--gamma {args.gamma}: must be below the model's sequence length {model.config.seq_len}")
     params, header_params, draft = method_params(args, model)
-    steps = METHODS[args.method](model, prompt_ids, settings, args.max_new_tokens, **params)
+    steps = METHODS[args.method](model, prompt_ids, settings, args.max_new_tokens, **params)  # checks params
+    start = time.perf_counter()
+    warm_up(model)   # after the method's checks: a bad option fails before numba loads its kernels
+    startup_s += time.perf_counter() - start
     stream = None
     if not args.json and tokenizer is not None:
         stream = StreamDecoder(tokenizer, previous=prompt_ids[-1])
@@ -309,16 +324,18 @@ def register_oracle(subparsers) -> None:
 def run_oracle_check(args) -> int:
     """Exit 0 when equal, 1 when diverged, 2 for bad input (a --tokens file whose
     prompt_ids are not the prompt given included: the comparison would be meaningless)."""
+    check_options(args)
     if args.reference or args.candidate:
         return run_reference_check(args)
     if args.model is None or (args.prompt is None and args.prompt_ids is None) or args.tokens is None:
         raise InputError("oracle check needs --model, --prompt or --prompt-ids, and --tokens "
                          "(or --reference REF.jsonl --candidate THEIRS.jsonl)")
     their = read_token_file(args.tokens)
-    model, _, prompt_ids, settings, _ = load_inputs(args)
+    model, _, prompt_ids, settings, _ = load_inputs(args, warm=False)
     if their.prompt_ids is not None and their.prompt_ids != prompt_ids:
         raise InputError(f"--tokens {args.tokens}: its prompt_ids {_abbreviate(their.prompt_ids)} differ from "
                          f"the prompt given, {_abbreviate(prompt_ids)}")
+    check_ids(their.tokens, model.config.vocab_size, "--tokens")
     report = check(model, prompt_ids, their.tokens, settings)
     print(json.dumps(report.to_dict()) if args.json else report.describe())
     return 0 if report.equal else 1

@@ -16,14 +16,15 @@ output columns, each stored as 4 strips of STRIP = 16 columns:
 per pass; the accumulators live in registers (small stack arrays, see
 `stack_f32`), and each input value updates many independent accumulators, so
 the compiler vectorises across outputs without touching any sum's order. One
-to three rows go one row at a time (64 accumulators; the first row streams the
-group, the others reuse it from cache). Four to seven rows go in blocks of four
-rows by 64 columns, eight or more in blocks of eight rows by 32 columns, so that
-each weight vector loaded feeds four or eight rows; the block that streams the
-group from memory also prefetches what follows (`prefetch`), so the arithmetic
-of several rows overlaps the memory traffic. A last partial block reaches back
-to rows already done and recomputes them, to the same bits. Threads split the
-groups; a reduction is never split across threads.
+row goes alone (64 accumulators); two to seven rows go in blocks of four rows
+by 64 columns (two or three rows fill a block by repeating the last), eight or
+more in blocks of eight rows by 32 columns, so that each weight vector loaded
+feeds four or eight rows. The block that streams the group from memory also
+prefetches what follows (`prefetch`), so the arithmetic of several rows
+overlaps the memory traffic; the other blocks reuse the group from cache. A
+last partial block reaches back to rows already done and recomputes them, to
+the same bits. Threads split the groups; a reduction is never split across
+threads.
 
 Attention follows the same rule: a query's scores are dot products summed over
 the head dimension in order (64 keys at a time, from a transposed key cache),
@@ -32,11 +33,37 @@ softmax uses `exp_nonpositive`, our own float32 exp, not the platform's libm.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.core import cgutils
+from numba.core import cgutils, event
 from numba.extending import intrinsic
+
+COMPILE_NOTICE = "mirrorstream: compiling kernels, once (numba caches them for later runs)..."
+
+
+class _CompileNotice(event.Listener):
+    """Prints COMPILE_NOTICE on stderr, once per process, when a kernel of this module must
+    be compiled (not loaded from numba's cache), and only if stderr is a terminal: a first
+    run pauses for a while, and a person watching should know why; logs stay quiet."""
+
+    def __init__(self):
+        self.shown = False
+
+    def on_start(self, ev):
+        if self.shown or getattr(ev.data["dispatcher"].py_func, "__module__", None) != __name__:
+            return
+        self.shown = True
+        if sys.stderr is not None and sys.stderr.isatty():
+            print(COMPILE_NOTICE, file=sys.stderr, flush=True)
+
+    def on_end(self, ev):
+        pass
+
+
+event.register("numba:compile", _CompileNotice())
 
 TILE = 64    # output columns per packed group
 STRIP = 16   # output columns per strip (one AVX-512 register)
@@ -100,11 +127,12 @@ def padded_width(n_out: int) -> int:
 
 
 @njit(cache=True, nogil=True)
-def _four_rows(x, r, packed, g, ahead, out):
-    """Rows r..r+3 of group g, all four strips at once (4 x 64 accumulators, 16 AVX-512
-    registers): each weight vector loaded feeds four rows. It also prefetches the weights
-    `ahead` floats further on (the next group, for the block that streams from memory),
-    so that memory traffic overlaps the arithmetic instead of alternating with it."""
+def _four_rows(x, r0, r1, r2, r3, packed, g, ahead, out):
+    """Rows r0..r3 of group g (a row may repeat: it is then computed twice, to the same
+    bits), all four strips at once (4 x 64 accumulators, 16 AVX-512 registers): each weight
+    vector loaded feeds four rows. It also prefetches the weights `ahead` floats further on
+    (the next group, for the block that streams from memory), so that memory traffic
+    overlaps the arithmetic instead of alternating with it."""
     n_in = x.shape[1]
     group = packed[g]
     a0 = stack_f32(TILE)
@@ -117,10 +145,10 @@ def _four_rows(x, r, packed, g, ahead, out):
         a2[j] = 0.0
         a3[j] = 0.0
     for i in range(n_in):
-        x0 = x[r, i]
-        x1 = x[r + 1, i]
-        x2 = x[r + 2, i]
-        x3 = x[r + 3, i]
+        x0 = x[r0, i]
+        x1 = x[r1, i]
+        x2 = x[r2, i]
+        x3 = x[r3, i]
         for s in range(TILE // STRIP):
             prefetch(packed, ((g * (TILE // STRIP) + s) * n_in + i) * STRIP + ahead)
         for s in range(TILE // STRIP):
@@ -132,10 +160,10 @@ def _four_rows(x, r, packed, g, ahead, out):
                 a3[s * STRIP + j] += x3 * w
     c = g * TILE
     for j in range(TILE):
-        out[r, c + j] = a0[j]
-        out[r + 1, c + j] = a1[j]
-        out[r + 2, c + j] = a2[j]
-        out[r + 3, c + j] = a3[j]
+        out[r0, c + j] = a0[j]
+        out[r1, c + j] = a1[j]
+        out[r2, c + j] = a2[j]
+        out[r3, c + j] = a3[j]
 
 
 @njit(cache=True, nogil=True)
@@ -217,30 +245,32 @@ def _one_row(x, r, group, out, col0):
 def _matmul_group(x, packed, g, out):
     """Columns g*64..g*64+63 of out = x @ W.T for every row: the group's work unit.
 
-    One to three rows: one row at a time, the first streaming the group from memory.
-    Four or more: blocks of four rows, the first block streaming the group (and
-    prefetching the next), the others reusing it from cache; a last partial block
-    reaches back to rows already done and recomputes them, to the same bits."""
+    One row: 64 accumulators, the group streamed once. Two to seven rows: blocks of
+    four rows by 64 columns (two or three rows fill a block by repeating the last).
+    Eight or more: blocks of eight rows by 32 columns. The first block streams the
+    group from memory and prefetches what follows; the others reuse it from cache.
+    A last partial block reaches back to rows already done and recomputes them:
+    every element's sum is the same whichever block computes it, so the bits are."""
     n_rows = x.shape[0]
-    if n_rows < 4:
-        for r in range(n_rows):
-            _one_row(x, r, packed[g], out, g * TILE)
-        return
-    if n_rows < 8:
+    if n_rows == 1:
+        _one_row(x, 0, packed[g], out, g * TILE)
+    elif n_rows < 8:
         ahead = packed.shape[1] * packed.shape[2] * packed.shape[3]  # one group on
         r = 0
         while r < n_rows:
-            start = min(r, n_rows - 4)
-            _four_rows(x, start, packed, g, ahead if r == 0 else 0, out)
+            start = max(min(r, n_rows - 4), 0)
+            last = n_rows - 1
+            _four_rows(x, start, min(start + 1, last), min(start + 2, last), min(start + 3, last),
+                       packed, g, ahead if r == 0 else 0, out)
             r = start + 4
-        return
-    ahead = 2 * packed.shape[2] * packed.shape[3]  # two strips on
-    r = 0
-    while r < n_rows:
-        start = min(r, n_rows - 8)
-        _eight_rows(x, start, packed, g, 0, ahead if r == 0 else 0, out)
-        _eight_rows(x, start, packed, g, 2, ahead if r == 0 else 0, out)
-        r = start + 8
+    else:
+        ahead = 2 * packed.shape[2] * packed.shape[3]  # two strips on
+        r = 0
+        while r < n_rows:
+            start = min(r, n_rows - 8)
+            _eight_rows(x, start, packed, g, 0, ahead if r == 0 else 0, out)
+            _eight_rows(x, start, packed, g, 2, ahead if r == 0 else 0, out)
+            r = start + 8
 
 
 @njit(parallel=True, cache=True, nogil=True)

@@ -249,7 +249,8 @@ class Model:
     def embed(self, tokens: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
         """Residual stream (n, dim) for the given token ids (plus the learned position
         embedding of their positions, for a model that has one: GPT-2)."""
-        hidden = self.token_embedding[tokens].astype(np.float32, copy=True)
+        # a plain view, so a memory-mapped checkpoint's rows skip np.memmap's indexing overhead
+        hidden = np.asarray(self.token_embedding)[tokens].astype(np.float32, copy=True)
         if self.position_embedding is not None:
             if positions is None:
                 raise ValueError(f"{self.name}: embedding needs the positions (learned position embedding)")
@@ -264,7 +265,7 @@ class Model:
         for each l in taps (l counts from 1: taps=(3,) is the output of the 3rd layer)."""
         stop = self.config.n_layers if stop is None else stop
         n = hidden.shape[0]
-        mask = causal_mask(n) if mask is None else mask
+        mask = _causal_mask_of(n) if mask is None else mask
         base = cache.length
         if base + n > cache.capacity:
             raise InputError(f"a pass of {n} tokens after {base} cached ones exceeds the cache of {cache.capacity}")
@@ -333,3 +334,15 @@ class Model:
 def causal_mask(n: int) -> np.ndarray:
     """mask[r, j] = j <= r: each new row sees itself and the rows before it."""
     return np.tri(n, dtype=np.bool_)
+
+
+_CAUSAL_MASKS: dict[int, np.ndarray] = {}
+
+
+def _causal_mask_of(n: int) -> np.ndarray:
+    """causal_mask(n), built once per n up to 64 (run_layers' default; never handed out)."""
+    if n > 64:
+        return causal_mask(n)
+    if n not in _CAUSAL_MASKS:
+        _CAUSAL_MASKS[n] = causal_mask(n)
+    return _CAUSAL_MASKS[n]

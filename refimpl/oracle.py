@@ -252,10 +252,13 @@ class Verdict:
         if self.status == "equal":
             text += f" ({self.compared} tokens)"
         else:
-            top = ", ".join(f"{t}:{v:.6g}" for t, v in self.top5)
-            bound = ">= " if self.got not in [t for t, _ in self.top5] else ""
             text += (f" at generated token {self.index} (position {self.position}): expected {_end(self.expected)}, "
-                     f"got {_end(self.got)}; top-5 logits {top}; margin {bound}{self.margin:.3g}")
+                     f"got {_end(self.got)}")
+            if self.top5:
+                text += "; top-5 logits " + ", ".join(f"{t}:{v:.6g}" for t, v in self.top5)
+            if self.margin is not None:
+                bound = ">= " if self.got not in [t for t, _ in self.top5] else ""
+                text += f"; margin {bound}{self.margin:.3g}"
         if self.logprob_error is not None:
             text += f"; log-prob max error {self.logprob_error:.3g}{'' if self.logprob_ok else ' (too large)'}"
         return text
@@ -282,9 +285,7 @@ def compare(ref: dict, candidate: dict, near_tie: float = NEAR_TIE_LOGITS,
             break
     their_logprobs = candidate.get("logprobs")
     if their_logprobs is not None:
-        if not isinstance(their_logprobs, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                           for v in their_logprobs):
-            raise InputError(f"{where}: logprobs must be a list of numbers")
+        their_logprobs = _numbers(their_logprobs, where, "logprobs")
         upto = min(verdict.compared if verdict.index is None else verdict.index, len(their_logprobs))
         errors = [abs(their_logprobs[i] - ref["logprobs"][i]) for i in range(upto)]
         verdict.logprob_error = max(errors, default=0.0)
@@ -301,6 +302,8 @@ def _diverged(verdict: Verdict, ref: dict, index: int, n_prompt: int, expected, 
     top5 = [(int(t), float(v)) for t, v in ref["top5"][index]]
     verdict.top5 = top5
     logits = dict(top5)
+    if expected not in logits:   # a sampled token outside the top 5: no margin to tell
+        return
     if got in logits:
         verdict.margin = logits[expected] - logits[got]
     else:
@@ -316,10 +319,7 @@ def check_files(reference_path, candidate_path, near_tie: float = NEAR_TIE_LOGIT
     order when the candidate has no ids); a reference without a candidate diverges at 0."""
     references = read_jsonl(reference_path, "--reference")
     for number, ref in references:
-        for key in ("id", "prompt_ids", "tokens", "top5", "logprobs", "settings", "stop_reason"):
-            if key not in ref:
-                raise InputError(f"--reference {reference_path}:{number}: missing {key!r} "
-                                 f"(write it with mirrorstream oracle reference)")
+        _check_reference(ref, f"--reference {reference_path}:{number}")
     candidates = read_jsonl(candidate_path, "--candidate")
     by_id = {}
     for order, (number, record) in enumerate(candidates):
@@ -333,6 +333,47 @@ def check_files(reference_path, candidate_path, near_tie: float = NEAR_TIE_LOGIT
         number, record = by_id[ref["id"]]
         verdicts.append(compare(ref, record, near_tie, logprob_tolerance, where=f"--candidate {candidate_path}:{number}"))
     return verdicts
+
+
+def _check_reference(ref: dict, where: str) -> None:
+    """Raise InputError unless `ref` has the fields and types `oracle reference` writes."""
+    for key in ("id", "prompt_ids", "tokens", "top5", "logprobs", "settings", "stop_reason"):
+        if key not in ref:
+            raise InputError(f"{where}: missing {key!r} (write it with mirrorstream oracle reference)")
+    if not isinstance(ref["id"], str) or not isinstance(ref["stop_reason"], str):
+        raise InputError(f"{where}: id and stop_reason must be strings")
+    _ids_field(ref["prompt_ids"], where, "prompt_ids")
+    _ids_field(ref["tokens"], where, "tokens")
+    if not isinstance(ref["settings"], dict) or not _is_number(ref["settings"].get("temperature", 0.0)):
+        raise InputError(f"{where}: settings must be an object with a numeric temperature")
+    if not isinstance(ref["top5"], list) or len(ref["top5"]) != len(ref["tokens"]) or not all(
+            isinstance(row, list) and row and all(isinstance(pair, list) and len(pair) == 2 and _is_id(pair[0])
+                                                  and _is_number(pair[1]) for pair in row) for row in ref["top5"]):
+        raise InputError(f"{where}: top5 must hold, per token, a list of [id, logit] pairs")
+    _numbers(ref["logprobs"], where, "logprobs")
+    if len(ref["logprobs"]) != len(ref["tokens"]):
+        raise InputError(f"{where}: {len(ref['logprobs'])} logprobs for {len(ref['tokens'])} tokens")
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number(value) -> bool:
+    """An int or float that converts to a float (JSON allows integers of any size)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
+def _numbers(value, where: str, key: str) -> list[float]:
+    if not isinstance(value, list) or not all(_is_number(v) for v in value):
+        raise InputError(f"{where}: {key} must be a list of numbers")
+    return [float(v) for v in value]
 
 
 def summary(verdicts: list[Verdict]) -> str:

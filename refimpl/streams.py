@@ -49,6 +49,8 @@ class Streams:
     prune_up: np.ndarray                   # (PRUNE_RANK, dim)
     identity: dict = field(default_factory=dict)   # the base model's, see model_identity
     vocabulary: np.ndarray | None = None           # draft shortlist of token ids (None: all)
+    init_down: np.ndarray | None = None            # f_eta: (gamma, dim, eta), applied to stream rows only
+    init_up: np.ndarray | None = None              # (gamma, eta, dim)
     packed: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -176,8 +178,24 @@ def model_identity(model) -> dict:
 # -- passes ------------------------------------------------------------------------------------
 
 def stream_inputs(hidden: np.ndarray, streams: Streams) -> np.ndarray:
-    """(len(hidden) * gamma, dim): each row's gamma streams at layer N - N_s, node-major."""
-    return (hidden[:, None, :] + streams.embeddings[None, :, :]).reshape(-1, hidden.shape[1])
+    """(len(hidden) * gamma, dim): each row's gamma streams at layer N - N_s, node-major:
+    S_j = M + P_j + f_eta_j(M), Eq. 3 with the optional low-rank map f_eta_j(M) = M @ down_j @ up_j
+    (batch-invariant kernels: a node's streams have the same bits in any pass)."""
+    rows = hidden[:, None, :] + streams.embeddings[None, :, :]
+    if streams.init_down is not None:
+        if "init" not in streams.packed:
+            streams.packed["init"] = [(kernels.pack_linear(np.ascontiguousarray(d.T)),
+                                       kernels.pack_linear(np.ascontiguousarray(u.T)))
+                                      for d, u in zip(streams.init_down, streams.init_up)]
+        x = np.ascontiguousarray(hidden, dtype=np.float32)
+        eta = streams.init_down.shape[2]
+        for j, (down, up) in enumerate(streams.packed["init"]):
+            low = np.empty((len(x), kernels.padded_width(eta)), np.float32)
+            kernels.matmul(x, down, low)
+            delta = np.empty((len(x), kernels.padded_width(x.shape[1])), np.float32)
+            kernels.matmul(np.ascontiguousarray(low[:, :eta]), up, delta)
+            rows[:, j] += delta[:, :x.shape[1]]
+    return rows.reshape(-1, hidden.shape[1])
 
 
 def run_with_streams(model, streams: Streams, hidden: np.ndarray, positions: np.ndarray, mask: np.ndarray,
@@ -260,6 +278,9 @@ def save_streams(path, streams: Streams, config: dict | None = None) -> None:
                "prune_up": np.ascontiguousarray(streams.prune_up, dtype=np.float32)}
     if streams.vocabulary is not None:
         tensors["vocabulary"] = np.ascontiguousarray(streams.vocabulary, dtype=np.int32)
+    if streams.init_down is not None:
+        tensors["init_down"] = np.ascontiguousarray(streams.init_down, dtype=np.float32)
+        tensors["init_up"] = np.ascontiguousarray(streams.init_up, dtype=np.float32)
     save_file(tensors, str(path), metadata=metadata)
 
 
@@ -282,8 +303,9 @@ def read_safetensors(path, kind: str, fmt: str, names: tuple[str, ...]) -> tuple
     if missing:
         raise InputError(f"{path}: missing tensor {missing[0]!r}")
     for name in names:
-        if tensors[name].dtype != np.float32 or not np.isfinite(tensors[name]).all():
-            raise InputError(f"{path}: tensor {name!r} must hold finite float32 values")
+        if tensors[name].dtype not in (np.float32, np.float16) or not np.isfinite(tensors[name]).all():
+            raise InputError(f"{path}: tensor {name!r} must hold finite float32 or float16 values")
+        tensors[name] = tensors[name].astype(np.float32)
     try:
         metadata["identity"] = json.loads(metadata.get("identity", ""))
     except json.JSONDecodeError:
@@ -325,5 +347,13 @@ def load_streams(path, model) -> Streams:
         raise InputError(f"{path}: missing or unreadable n_layers in its metadata") from None
     streams = Streams(tensors["embeddings"], n_layers, tensors["prune_down"], tensors["prune_up"],
                       metadata["identity"], vocabulary_of(tensors, path))
+    if "init_down" in tensors or "init_up" in tensors:
+        down, up = tensors.get("init_down"), tensors.get("init_up")
+        gamma, dim = streams.embeddings.shape
+        if (down is None or up is None or down.ndim != 3 or down.shape[:2] != (gamma, dim)
+                or up.shape != (gamma, down.shape[2], dim) or down.dtype != np.float32 or up.dtype != np.float32):
+            raise InputError(f"{path}: tensors 'init_down'/'init_up' must be float32 of shapes "
+                             f"({gamma}, {dim}, eta) and ({gamma}, eta, {dim})")
+        streams.init_down, streams.init_up = down, up
     streams.check_for(model, str(path))
     return streams

@@ -6,10 +6,17 @@ from __future__ import annotations
 import numpy as np
 
 from refimpl.model import Model, ModelConfig
+from refimpl.sampling import ACCEPT
 
 
 def random_weights(config: ModelConfig, seed: int = 0, logit_scale: float = 4.0) -> dict[str, np.ndarray]:
-    """Dense random weights (names of Model.from_dense); logit_scale sharpens the output distribution."""
+    """Dense random weights (names of Model.from_dense) for a model whose text varies.
+
+    The token embedding is small (rms 0.5 / sqrt(dim)) beside the layers' updates, so the
+    residual stream is the layers' function of the context rather than the last token's
+    embedding; a tied classifier (the embedding itself) would otherwise predict the last
+    token again and again. logit_scale sharpens the output distribution: it multiplies
+    an untied classifier, or the final norm's weight when the classifier is tied."""
     rng = np.random.default_rng(seed)
     c = config
     L, D, H, KV, V = c.n_layers, c.dim, c.hidden_dim, c.kv_dim, c.vocab_size
@@ -19,7 +26,7 @@ def random_weights(config: ModelConfig, seed: int = 0, logit_scale: float = 4.0)
 
     Q, HD = c.q_dim, c.head_dim
     weights = {
-        "token_embedding": normal(V, D, fan_in=1),
+        "token_embedding": normal(V, D, fan_in=4 * D),
         "attn_norm": (1 + 0.1 * rng.standard_normal((L, D))).astype(np.float32),
         "wq": normal(L, Q, D, fan_in=D), "wk": normal(L, KV, D, fan_in=D),
         "wv": normal(L, KV, D, fan_in=D), "wo": normal(L, D, Q, fan_in=Q),
@@ -27,7 +34,9 @@ def random_weights(config: ModelConfig, seed: int = 0, logit_scale: float = 4.0)
         "w1": normal(L, H, D, fan_in=D), "w2": normal(L, D, H, fan_in=H), "w3": normal(L, H, D, fan_in=D),
         "final_norm": np.ones(D, dtype=np.float32),
     }
-    if not c.shared_classifier:
+    if c.shared_classifier:
+        weights["final_norm"] *= np.float32(logit_scale)
+    else:
         weights["classifier"] = normal(V, D, fan_in=D) * np.float32(logit_scale)
     if c.qkv_bias:
         weights.update(bq=normal(L, Q, fan_in=4), bk=normal(L, KV, fan_in=4), bv=normal(L, KV, fan_in=4))
@@ -98,12 +107,20 @@ def assert_same_as_ar(method, model, prompt_ids, settings, max_new_tokens: int, 
     return got
 
 
-class ScriptedRandomness:
-    """A stand-in for verify.PositionKeyed that follows a script of branch choices and
-    records the untaken branches: `enumerate_outcomes` runs a sampler once per branch."""
+class KeyedEnumeration:
+    """A stand-in for verify.PositionKeyed that enumerates every branch of a sampler exactly,
+    with the uniforms keyed as production keys them.
 
-    def __init__(self, script: tuple[int, ...]):
+    Each key (purpose, position, index) is one uniform variable: a key used twice is the
+    same number both times, so a shared uniform (two decisions reading one key) has exactly
+    the effect here that it has in production. A variable is tracked as the interval its
+    value must lie in; a decision (`chance`: u < prob; `choose`: the inverse-CDF cell of u)
+    splits the interval, following `script` and recording the untaken cells as branches.
+    `enumerate_outcomes` runs a sampler once per branch."""
+
+    def __init__(self, script: tuple[int, ...] = ()):
         self.script, self.taken, self.probability, self.branches = script, [], 1.0, []
+        self.intervals: dict[tuple, tuple[float, float]] = {}
 
     def _pick(self, weights: list[float]) -> int:
         options = [i for i, w in enumerate(weights) if w > 0.0]
@@ -115,22 +132,30 @@ class ScriptedRandomness:
         self.probability *= weights[choice]
         return choice
 
-    def chance(self, prob: float, position: int = 0, index: int = 0) -> bool:
-        prob = min(max(prob, 0.0), 1.0)
-        return self._pick([1.0 - prob, prob]) == 1
+    def split(self, key: tuple, cuts) -> int:
+        """The cell of the uniform `key` among the thresholds `cuts` (increasing, in [0, 1])."""
+        lo, hi = self.intervals.get(key, (0.0, 1.0))
+        edges = [lo] + [min(max(float(c), lo), hi) for c in cuts] + [hi]
+        weights = [(edges[i + 1] - edges[i]) / (hi - lo) for i in range(len(edges) - 1)]
+        cell = self._pick(weights)
+        self.intervals[key] = (edges[cell], edges[cell + 1])
+        return cell
 
-    def choose(self, probs, position: int = 0, purpose: int = 0, index: int = 0) -> int:
-        probs = np.asarray(probs, dtype=np.float64)
-        return self._pick(list(probs / probs.sum()))
+    def chance(self, prob: float, position: int, index: int = 0) -> bool:
+        return self.split((ACCEPT, position, index), [prob]) == 0
+
+    def choose(self, probs, position: int, purpose: int, index: int = 0) -> int:
+        cumulative = np.cumsum(np.asarray(probs, dtype=np.float64))
+        return self.split((purpose, position, index), cumulative[:-1] / cumulative[-1])
 
 
-def enumerate_outcomes(sampler) -> dict:
+def enumerate_outcomes(sampler, randomness=KeyedEnumeration) -> dict:
     """The exact distribution of `sampler(rng)` (a hashable outcome) over every branch
-    of its random choices, rng being a ScriptedRandomness."""
+    of its random choices, rng being a `randomness(script)` (KeyedEnumeration or a variant)."""
     outcomes: dict = {}
     pending = [()]
     while pending:
-        rng = ScriptedRandomness(pending.pop())
+        rng = randomness(pending.pop())
         outcome = sampler(rng)
         outcomes[outcome] = outcomes.get(outcome, 0.0) + rng.probability
         pending += rng.branches
@@ -143,15 +168,17 @@ def total_variation(a: dict, b: dict) -> float:
 
 def sequence_distribution(model, prompt_ids, settings, n_tokens: int) -> dict:
     """Exact distribution of the first n_tokens sampled tokens of plain decoding, as
-    tuples; a tuple ends early with the stop token (BOS or EOS) that ended it."""
+    tuples; a tuple ends early with the stop token (BOS or EOS) that ended it (unless
+    settings.ignore_eos)."""
     from refimpl.decoding.common import STOP_IDS
     from refimpl.sampling import probabilities
 
+    stops = () if settings.ignore_eos else STOP_IDS
     out = {}
     pending = [((), 1.0)]
     while pending:
         tokens, mass = pending.pop()
-        if len(tokens) == n_tokens or (tokens and tokens[-1] in STOP_IDS):
+        if len(tokens) == n_tokens or (tokens and tokens[-1] in stops):
             out[tokens] = out.get(tokens, 0.0) + mass
             continue
         ids = list(prompt_ids) + list(tokens)

@@ -44,6 +44,7 @@ class Llama2cTokenizer:
     def encode(self, text: str) -> list[int]:
         if not text:
             return []
+        _check_utf8(text)
         ids: list[int] = []
         for char in " " + text:
             piece = char.encode("utf-8")
@@ -164,7 +165,7 @@ class SentencePieceTokenizer:
         return piece
 
     def encode(self, text: str) -> list[int]:
-        return list(self.sp.EncodeAsIds(text)) if text else []
+        return list(self.sp.EncodeAsIds(_check_utf8(text))) if text else []
 
     def piece_bytes(self, token: int, previous: int | None) -> bytes:
         if token in (BOS_ID, EOS_ID) or self.sp.IsControl(token):
@@ -179,6 +180,16 @@ class SentencePieceTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self.sp.DecodeIds([int(i) for i in ids])
+
+
+def _check_utf8(text: str) -> str:
+    """`text`, or an InputError when it holds lone surrogates (undecodable bytes from argv,
+    or "\\udcff" escapes in JSON) and so has no UTF-8 spelling to tokenize."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"text to tokenize is not valid UTF-8 (a stray byte at character {exc.start})") from None
+    return text
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -213,8 +224,9 @@ class HFTokenizer:
     def from_file(cls, path: Path) -> "HFTokenizer":
         from tokenizers import Tokenizer
 
+        text = read_bytes(path, "tokenizer", MAX_TOKENIZER_BYTES).decode("utf-8", errors="replace")
         try:
-            return cls(Tokenizer.from_file(str(path)), path)
+            return cls(Tokenizer.from_str(text), path)
         except Exception as exc:  # the package reports a malformed file in its own exception type
             raise InputError(f"{path}: not a readable tokenizer.json ({str(exc).splitlines()[0][:200]})") from None
 
@@ -237,7 +249,7 @@ class HFTokenizer:
         return cls(tokenizer, path)
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False).ids) if text else []
+        return list(self.tokenizer.encode(_check_utf8(text), add_special_tokens=False).ids) if text else []
 
     def piece_bytes(self, token: int, previous: int | None) -> bytes:
         if token in self.special:

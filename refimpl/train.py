@@ -260,12 +260,18 @@ def stream_targets(consts: Constants, gamma: int):
     return labels, weight * (ALPHA / np.maximum(counts, 1.0))[None, None, :]
 
 
-def stream_loss(frozen: Frozen, embeddings, consts: Constants, backward: bool = True):
-    """(loss, d embeddings, per-stream accuracy) of the future n-gram loss."""
+def stream_loss(frozen: Frozen, embeddings, consts: Constants, backward: bool = True, init=None):
+    """(loss, d embeddings, per-stream accuracy) of the future n-gram loss; with init =
+    (down (G, D, eta), up (G, eta, D)), the low-rank f_eta of refimpl.streams.stream_inputs too,
+    and the gradient is (d embeddings, d down, d up)."""
     dtype = frozen.dtype
     G = embeddings.shape[0]
     B, T, D = consts.split_hidden.shape
-    S = consts.split_hidden.astype(dtype)[:, :, None, :] + embeddings.astype(dtype)[None, None]
+    M = consts.split_hidden.astype(dtype)
+    S = M[:, :, None, :] + embeddings.astype(dtype)[None, None]
+    if init is not None:
+        low = np.einsum("btd,gde->btge", M, init[0])
+        S = S + np.einsum("btge,ged->btgd", low, init[1])
     saved = []
     for i, w in enumerate(frozen.layers):
         S, s = msa_layer(frozen, w, S, consts.keys[i], consts.values[i])
@@ -279,7 +285,11 @@ def stream_loss(frozen: Frozen, embeddings, consts: Constants, backward: bool = 
     dS = dS.reshape(B, T, G, D)
     for w, s in zip(reversed(frozen.layers), reversed(saved)):
         dS = msa_layer_back(frozen, w, dS, s)
-    return loss, dS.sum(axis=(0, 1)), accuracy
+    if init is None:
+        return loss, dS.sum(axis=(0, 1)), accuracy
+    d_up = np.einsum("btge,btgd->ged", low, dS)
+    d_down = np.einsum("btd,btge->gde", M, np.einsum("btgd,ged->btge", dS, init[1]))
+    return loss, (dS.sum(axis=(0, 1)), d_down, d_up), accuracy
 
 
 def next_token_targets(consts: Constants):
@@ -365,17 +375,18 @@ class Adam:
 # -- data ------------------------------------------------------------------------------------
 
 def self_distilled(model, n_sequences: int, length: int, seed: int = 0, progress=None) -> list[list[int]]:
-    """Text the target writes itself: BOS, a few tokens sampled at temperature 1 (varied
-    openings, one seed each), then its greedy continuation; `length` tokens each at most
-    (a story may end earlier, at EOS/BOS)."""
+    """Text the target writes itself: BOS, an opening of 8-23 tokens sampled at temperature 1
+    (one seed each: the first few tokens alone are nearly always "Once upon a time"), then
+    its greedy continuation; `length` tokens each at most (a story may end earlier)."""
     from refimpl.decoding import autoregressive, generate
     from refimpl.sampling import SamplingSettings
     from refimpl.tokenizer import BOS_ID
 
     out = []
     for i in range(n_sequences):
-        opening = generate(autoregressive(model, [BOS_ID], SamplingSettings(temperature=1.0, seed=seed * 100003 + i),
-                                          4), [BOS_ID]).tokens
+        key = seed * 100003 + i
+        opening = generate(autoregressive(model, [BOS_ID], SamplingSettings(temperature=1.0, seed=key),
+                                          8 + key % 16), [BOS_ID]).tokens
         prompt = [BOS_ID] + opening
         rest = generate(autoregressive(model, prompt, SamplingSettings(), length - len(prompt)), prompt).tokens
         out.append(prompt + rest)
@@ -415,6 +426,7 @@ class TrainSettings:
     seq_len: int = 128
     seed: int = 0
     clip: float = 1.0
+    eta: int = 0          # rank of the stream-initialisation map f_eta (0: identity, P_j only)
 
 
 class Progress:
@@ -452,6 +464,9 @@ def train_streams(model, sequences: list[list[int]], settings: TrainSettings, st
     params = {"embeddings": np.zeros((settings.gamma, dim), np.float32),
               "prune_down": (rng.standard_normal((dim, PRUNE_RANK)) / np.sqrt(dim)).astype(np.float32),
               "prune_up": np.zeros((PRUNE_RANK, dim), np.float32)}
+    if settings.eta:
+        params["init_down"] = (rng.standard_normal((settings.gamma, dim, settings.eta)) / np.sqrt(dim)).astype(np.float32)
+        params["init_up"] = np.zeros((settings.gamma, settings.eta, dim), np.float32)
     adam = Adam(params, settings.lr, settings.clip)
     if state is not None:
         for k in params:
@@ -465,10 +480,16 @@ def train_streams(model, sequences: list[list[int]], settings: TrainSettings, st
         consts = consts_cache.get(key) or base_constants(model, [sequences[i] for i in index], settings.n_layers)
         if len(consts_cache) < 64:
             consts_cache[key] = consts
-        s_loss, d_emb, s_acc = stream_loss(frozen, params["embeddings"], consts)
+        init = (params["init_down"], params["init_up"]) if settings.eta else None
+        s_loss, grads, s_acc = stream_loss(frozen, params["embeddings"], consts, init=init)
         p_loss, (d_down, d_up), p_acc = prune_loss(frozen, params["prune_down"], params["prune_up"], consts)
         lr = settings.lr * (1.0 - step / settings.steps)
-        adam.step(params, {"embeddings": d_emb, "prune_down": d_down, "prune_up": d_up}, lr)
+        step_grads = {"prune_down": d_down, "prune_up": d_up}
+        if settings.eta:
+            step_grads.update(embeddings=grads[0], init_down=grads[1], init_up=grads[2])
+        else:
+            step_grads["embeddings"] = grads
+        adam.step(params, step_grads, lr)
         metrics = {"stream_loss": float(s_loss), "stream_accuracy": [float(a) for a in s_acc],
                    "prune_loss": float(p_loss), "prune_accuracy": float(p_acc)}
         if progress:
@@ -477,7 +498,8 @@ def train_streams(model, sequences: list[list[int]], settings: TrainSettings, st
         if save_state and ((step + 1) % every == 0 or step + 1 == settings.steps):
             save_state({**{f"param.{k}": v.copy() for k, v in params.items()}, **adam.state()})
     streams = Streams(params["embeddings"], settings.n_layers, params["prune_down"], params["prune_up"],
-                      model_identity(model), training_vocabulary(sequences))
+                      model_identity(model), training_vocabulary(sequences), params.get("init_down"),
+                      params.get("init_up"))
     return streams, metrics
 
 

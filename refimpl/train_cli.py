@@ -20,23 +20,27 @@ def register(subparsers) -> None:
                                           "Streaming; the base model stays frozen (lossless).")
     add_options(p, "streams")
     p.add_argument("--stream-layers", type=int, default=2, help="N_s: layers with streams (default 2)")
+    p.add_argument("--eta", type=int, default=16,
+                   help="rank of the low-rank stream initialisation f_eta on stream rows (Eq. 3; 0: identity, "
+                        "the stream embeddings alone; default 16)")
     p.set_defaults(func=run_train, kind="streams")
     h = subparsers.add_parser("train-heads", help="train Medusa-1 heads for a checkpoint (CPU, minutes)",
                               description="Train Medusa-1 heads (a residual block each, the shared classifier).")
     add_options(h, "heads")
-    h.set_defaults(func=run_train, kind="heads", stream_layers=1)
+    h.set_defaults(func=run_train, kind="heads", stream_layers=1, eta=0)
 
 
 def add_options(p, what: str) -> None:
     p.add_argument("--model", required=True, help="checkpoint path, or a name in $MIRRORSTREAM_MODELS")
     p.add_argument("--streams" if what == "streams" else "--heads", dest="gamma", type=int, default=3,
                    help=f"number of {what} (default 3)")
-    p.add_argument("--steps", type=int, default=300, help="optimiser steps (default 300)")
-    p.add_argument("--lr", type=float, default=0.01, help="peak learning rate, decayed linearly (default 0.01)")
+    steps, lr = (60, 0.03) if what == "streams" else (80, 0.01)   # the shipped files' settings
+    p.add_argument("--steps", type=int, default=steps, help=f"optimiser steps (default {steps})")
+    p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate, decayed linearly (default {lr})")
     p.add_argument("--batch", type=int, default=4, help="sequences per step (default 4)")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per training sequence (default 128)")
-    p.add_argument("--sequences", type=int, default=64,
-                   help="self-distilled sequences the target writes (default 64; ignored with --data)")
+    p.add_argument("--seq-len", type=int, default=96, help="tokens per training sequence (default 96)")
+    p.add_argument("--sequences", type=int, default=40,
+                   help="self-distilled sequences the target writes (default 40; ignored with --data)")
     p.add_argument("--data", metavar="FILE", help="train on this text (paragraphs) instead of self-distillation")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and the initialisation (default 0)")
     p.add_argument("--resume", action="store_true", help="continue from OUT.state.npz")
@@ -50,6 +54,8 @@ def check(args) -> None:
                              ("--sequences", args.sequences, 1)):
         if value < low:
             raise InputError(f"{name} {value}: must be >= {low}")
+    if not 0 <= args.eta <= 64:
+        raise InputError(f"--eta {args.eta}: must be between 0 and 64")
     if args.gamma > 8:
         raise InputError(f"--streams/--heads {args.gamma}: at most 8")
     if not (0.0 < args.lr < 1.0):
@@ -72,7 +78,7 @@ def run_train(args) -> int:
     if args.seq_len > model.config.seq_len:
         raise InputError(f"--seq-len {args.seq_len}: the model's sequence length is {model.config.seq_len}")
     settings = TrainSettings(gamma=args.gamma, n_layers=args.stream_layers, steps=args.steps, lr=args.lr,
-                             batch=args.batch, seq_len=args.seq_len, seed=args.seed)
+                             batch=args.batch, seq_len=args.seq_len, seed=args.seed, eta=args.eta)
     state, sequences = None, None
     if args.resume:
         if not state_path(args.out).is_file():

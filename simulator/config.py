@@ -39,9 +39,13 @@ TESTBED = {"target_hw": "m2-ultra-gpu", "draft_hw": "m2-ultra-ane", "tp": 8, "dr
            "link": "m2-ultra-unified"}
 
 
+def _device_key(device) -> str:
+    """A device's catalog key, from its name ('KEY@CALIBRATION' included) or a hwmodels Device."""
+    return str(getattr(device, "key", device)).partition("@")[0]
+
+
 def is_testbed(target_hw, draft_hw) -> bool:
-    return (str(target_hw).partition("@")[0] == TESTBED["target_hw"]
-            and str(draft_hw).partition("@")[0] == TESTBED["draft_hw"])
+    return _device_key(target_hw) == TESTBED["target_hw"] and _device_key(draft_hw) == TESTBED["draft_hw"]
 
 
 def default_link(target_device, draft_device):
@@ -88,7 +92,8 @@ class SimConfig:
     """One simulated system. Defaults: the Mirror-SD paper's testbed (mirror-sd.md §6, §9).
 
     `kappa`, `exit_layer` and `ss_streams` left at None follow the paper's rules
-    (κ by batch, ℓe = N/2, SS streams by batch); `link` left at None is `default_link`.
+    (κ by batch, ℓe = N/2, SS streams by batch); `link` left at None is the testbed's
+    unified memory on the testbed's devices (set here), else `default_link` (in the cost model).
     """
 
     target_model: Any = "qwen3-32b"
@@ -109,6 +114,8 @@ class SimConfig:
     draft_on_target: bool = False     # the draft shares the target's devices (their work queues)
 
     def __post_init__(self):
+        if self.link is None and is_testbed(self.target.device, self.draft.device):
+            object.__setattr__(self, "link", TESTBED["link"])
         for name, minimum in (("gamma", 1), ("batch", 1), ("kappa", 1), ("exit_layer", 1),
                               ("ss_streams", 1), ("tree_nodes", 1), ("branches", 1)):
             value = getattr(self, name)

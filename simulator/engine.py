@@ -95,30 +95,49 @@ class Simulation:
             counts["accepted"] += step.accepted
             counts["misses"] += not step.coverage_hit
 
-    def _record(self, device: str, label: str, start: float, seconds: float) -> None:
-        self.busy[device] += seconds
-        if self.step < self.timeline_steps:
-            self.spans.append(Span(device, label, start, seconds, self.step))
-
-    def _occupy(self, device: str, label: str, seconds: float, category: str | None):
-        """Hold `device` for `seconds` once it is free; on the critical path if `category` is given."""
+    def _hold(self, device: str, segments, critical: bool):
+        """Hold `device` once it is free, for back-to-back (device, label, seconds) segments on it;
+        return the one timeout that ends the hold. On the critical path, the segments' time is
+        charged to their labels and a wait for the device to `queue`."""
         now = self.env.now
-        start = self.resources[device].reserve(now, seconds)
-        if category is not None:
+        resource = self.resources[device]
+        total = 0.0
+        for segment in segments:
+            total += segment[2]
+        start = resource.free_at if resource.free_at > now else now
+        resource.free_at = start + total
+        self.busy[device] += total
+        if critical:
+            breakdown = self.breakdown
             if start > now:
-                self.breakdown["queue"] += start - now
-            self.breakdown[category] += seconds
-        self._record(device, label, start, seconds)
-        yield self.env.timeout(start - now + seconds)
+                breakdown["queue"] += start - now
+            for _, label, seconds in segments:
+                breakdown[label] += seconds
+        if self.step < self.timeline_steps:
+            at = start
+            for _, label, seconds in segments:
+                self.spans.append(Span(device, label, at, seconds, self.step))
+                at += seconds
+        return self.env.timeout(start + total - now)
 
     def serial(self, *segments: tuple[str, str, float]):
-        """Occupy devices one after another, on the critical path: (device, category, seconds)..."""
-        for device, category, seconds in segments:
-            yield from self._occupy(device, category, seconds, category)
+        """Occupy devices one after another, on the critical path: (device, category, seconds)...
+        Consecutive segments on one device are one hold of it (the process keeps the device)."""
+        if len(segments) == 1:
+            yield self._hold(segments[0][0], segments, True)
+            return
+        i, n = 0, len(segments)
+        while i < n:
+            device = segments[i][0]
+            j = i + 1
+            while j < n and segments[j][0] == device:
+                j += 1
+            yield self._hold(device, segments[i:j], True)
+            i = j
 
     def background(self, device: str, label: str, seconds: float):
         """Occupy a device off the critical path (run it as its own process)."""
-        yield from self._occupy(device, label, seconds, None)
+        yield self._hold(device, ((device, label, seconds),), False)
 
     def wait(self, event, category: str):
         """Wait for a concurrent process; the time spent waiting is charged to `category`."""

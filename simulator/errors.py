@@ -7,3 +7,4 @@ message must name the file or option and say what is wrong.
 
 class InputError(ValueError):
     """Bad input from the user: a file, an option or a value."""
+

@@ -25,6 +25,8 @@ first arrival).
 from __future__ import annotations
 
 import math
+import os
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -72,15 +74,33 @@ def check_arrivals(times, source: str = "arrivals") -> np.ndarray:
     return times
 
 
+MAX_ARRIVAL_BYTES = 64 << 20
+
+
+def _arrival_text(path) -> str:
+    """The UTF-8 text of an arrival trace: a regular file (never a FIFO, which would block) of a
+    bounded size. (The simulator may not import refimpl's file reader, only its trace schema.)"""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(f"--arrivals {path}: not a regular file")
+        if info.st_size > MAX_ARRIVAL_BYTES:
+            raise InputError(f"--arrivals {path}: larger than {MAX_ARRIVAL_BYTES >> 20} MiB")
+        with open(path, "rb") as f:
+            data = f.read(MAX_ARRIVAL_BYTES + 1)
+    except FileNotFoundError:
+        raise InputError(f"--arrivals {path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"--arrivals {path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"--arrivals {path}: not UTF-8 text (byte {exc.start})") from None
+
+
 def read_arrivals(path: str | Path) -> np.ndarray:
     """An arrival trace: one time in seconds per line (blank lines and # comments skipped)."""
-    from refimpl.errors import InputError as FileError
-    from refimpl.errors import read_text
-
-    try:
-        text = read_text(path, "--arrivals")
-    except FileError as exc:
-        raise InputError(str(exc)) from None
+    text = _arrival_text(path)
     times = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         line = line.split("#", 1)[0].strip()

@@ -6,7 +6,9 @@ head and the target's own classifier (Cai et al. 2024, Medusa-1; the base stays 
 The tree and its verification are Speculative Streaming's (refimpl.decoding.ss
 LevelDrafter): root = the target's token after the accepted node, level k = the top-k
 (or k draws) of head k; exact match or rejection. The heads read the verification pass's
-hidden states, so a step is one target pass plus K residual blocks and K classifier rows.
+hidden states, so a step is one target pass plus K residual blocks and K classifier rows
+(in traces: one "draft pass" of K rows, the header's draft a one-layer shape of the target,
+an upper bound on K residual blocks).
 """
 from __future__ import annotations
 
@@ -70,13 +72,14 @@ def random_heads(model, gamma: int, seed: int = 0, scale: float = 0.5) -> Medusa
                        (scale * rng.standard_normal((gamma, dim))).astype(np.float32))
 
 
-def save_heads(path, heads: MedusaHeads, config: dict | None = None) -> None:
+def save_heads(path, heads: MedusaHeads, config: dict | None = None, dtype=np.float32) -> None:
+    """Write the heads as safetensors (dtype float16 halves the file: the shipped one)."""
     from safetensors.numpy import save_file
 
     metadata = {"format": FORMAT, "gamma": str(heads.gamma), "identity": json.dumps(heads.identity, sort_keys=True),
                 "config": json.dumps(config or {}, sort_keys=True)}
-    tensors = {"weights": np.ascontiguousarray(heads.weights, np.float32),
-               "biases": np.ascontiguousarray(heads.biases, np.float32)}
+    tensors = {"weights": np.ascontiguousarray(heads.weights, dtype),
+               "biases": np.ascontiguousarray(heads.biases, dtype)}
     if heads.vocabulary is not None:
         tensors["vocabulary"] = np.ascontiguousarray(heads.vocabulary, dtype=np.int32)
     save_file(tensors, str(path), metadata=metadata)
@@ -108,7 +111,9 @@ class MedusaProposer(LevelDrafter):
 
     def __call__(self, context, max_depth, max_nodes) -> Proposal:
         depth = 0 if self.level_logits is None else self.depth_for(max_depth, max_nodes, 1, self.heads.gamma)
-        return self.tree(context[-1], self.level_logits, len(context) - 1, depth)
+        proposal = self.tree(context[-1], self.level_logits, len(context) - 1, depth)
+        proposal.draft_rows = [self.heads.gamma] if self.level_logits is not None else []
+        return proposal
 
 
 def medusa(model, prompt_ids, settings: SamplingSettings, max_new_tokens: int, heads=None, gamma: int | None = None,

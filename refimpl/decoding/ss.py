@@ -20,6 +20,12 @@ One step is one pass of the target over a token tree:
   (gamma rows through N_s layers). Both give the same bits, hence the same trees.
 
 The loop is the shared one (refimpl.decoding.speculative) through its hooks.
+
+Traces: a step's record counts the stream rows that produced its tree as one "draft
+pass" (draft_passes 1, draft_tokens_per_pass = gamma deferred, or gamma x the previous
+tree's nodes fused), the header's draft being the shape of the last N_s layers, so the
+simulator times them as N_s layers of that many rows; target_tokens counts the tree as
+verified (after pruning).
 """
 from __future__ import annotations
 
@@ -83,6 +89,7 @@ class StreamProposer(LevelDrafter):
         self.split_hidden = None      # main stream at layer N - N_s, rows of the last pass
         self.stream_hidden = {}       # fused: pass row -> its streams after the last layer
         self.level_logits = None      # the last committed node's streams' logits (gamma, vocab)
+        self.stream_rows = []         # the trace's "draft pass": stream rows that fed the next tree
 
     # -- hooks of the shared loop ---------------------------------------------------------------
 
@@ -115,21 +122,26 @@ class StreamProposer(LevelDrafter):
         return proposal, hidden
 
     def accepted(self, row: int) -> None:
+        gamma = self.streams.gamma
         if self.schedule == FUSED:
             streams = self.stream_hidden[row]
+            self.stream_rows = [gamma * len(self.stream_hidden)]
         else:
-            if self.cache.length + self.streams.gamma > self.cache.capacity:
+            if self.cache.length + gamma > self.cache.capacity:
                 self.level_logits = None
                 return
             streams = deferred_streams(self.model, self.streams, self.split_hidden[row], self.cache.length - 1,
                                        self.cache)
+            self.stream_rows = [gamma]
         self.level_logits = self.streams.logits(self.model, streams)
 
     def __call__(self, context: list[int], max_depth: int, max_nodes: int) -> Proposal:
         rows_per_node = 1 + self.streams.gamma if self.schedule == FUSED else 1
         depth = 0 if self.level_logits is None else self.depth_for(max_depth, max_nodes, rows_per_node,
                                                                     self.streams.gamma)
-        return self.tree(context[-1], self.level_logits, len(context) - 1, depth)
+        proposal = self.tree(context[-1], self.level_logits, len(context) - 1, depth)
+        proposal.draft_rows = self.stream_rows
+        return proposal
 
     # -- parts -------------------------------------------------------------------------------
 
@@ -201,8 +213,10 @@ def with_gamma(streams: Streams, gamma: int | None) -> Streams:
     """The first gamma streams (stream j's computation sees only streams <= j: same bits)."""
     if gamma is None or gamma == streams.gamma:
         return streams
+    down = None if streams.init_down is None else streams.init_down[:gamma]
+    up = None if streams.init_up is None else streams.init_up[:gamma]
     return Streams(streams.embeddings[:gamma], streams.n_layers, streams.prune_down, streams.prune_up,
-                   streams.identity, streams.vocabulary, streams.packed)
+                   streams.identity, streams.vocabulary, down, up)
 
 
 def speculative_streaming(model, prompt_ids, settings: SamplingSettings, max_new_tokens: int, streams=None,

@@ -66,7 +66,21 @@ def test_calibrate_json(capsys, tmp_path):
     assert fitted["seconds"] == pytest.approx(out["points"][3]["fitted_s"], rel=1e-9)
 
 
+def test_step_json_adds_up_and_matches_the_api(capsys):
+    import hwmodels
+    out = run_json(capsys, "step", "--method", "eagle", "--device", "a100-80gb", "--model", "vicuna-7b",
+                   "--tokens", "26", "--context", "512", "--draft-rows", "4,4,8,8,3")
+    assert out["seconds"] == pytest.approx(sum(out["parts"].values()))
+    assert out["seconds"] == pytest.approx(hwmodels.step_seconds("eagle", "vicuna-7b", "a100-80gb", 26, 512,
+                                                                 draft_rows=(4, 4, 8, 8, 3)), rel=1e-12)
+    assert out["ratio_to_ar"] == pytest.approx(out["seconds"] / out["ar_seconds"]) and out["ratio_to_ar"] > 1.2
+
+
 @pytest.mark.parametrize("argv, match", [
+    (["step", "--method", "eagle", "--device", "a100", "--model", "vicuna-7b", "--draft-rows", "4,x"],
+     "--draft-rows: expected comma-separated"),
+    (["step", "--method", "sd", "--device", "a100", "--model", "vicuna-7b", "--draft-rows", "1"], "--draft-model:"),
+    (["step", "--method", "medusa", "--device", "a100", "--model", "vicuna-7b", "--heads", "0"], "heads: medusa needs"),
     (["latency", "--device", "tpu-v9", "--model", "qwen3-32b"], "unknown device 'tpu-v9' (known: a100-40gb"),
     (["latency", "--device", "h100", "--model", "gpt-5"], "unknown model 'gpt-5' (known: codellama-34b"),
     (["latency", "--device", "h100", "--model", "qwen3-32b", "--tokens", "0"], "tokens: must be >= 1"),
@@ -92,6 +106,9 @@ HEADER = "device,model,n,L,B,G,seconds\n"
     (HEADER.encode() + b"# a comment\nh100-sxm,qwen3-32b,1,0,1,1,1e300\n", "line 3: column seconds = 1e300 is beyond"),
     (HEADER.encode() + b"h100-sxm,qwen3-32b,1,0,1,1,0.02\nh100-sxm,qwen3-32b,1,0,1,1,0.\xe9\n", "line 3: not UTF-8"),
     (HEADER.encode() + b"h100-sxm,qwen3-32b,1,0,1,1,0.02\n", "1 measurement(s) for 2 free parameter(s)"),
+    (HEADER.encode() + b"h100-sxm,qwen3-32b,1,0,1,1,0.03\nh100-sxm,qwen3-32b,1,900,1,1,0.031\n"
+     b"h100-sxm,qwen3-32b,1,2000,1,1,0.032\nh100-sxm,qwen3-32b,1,3000,1,1,0.033\na100,qwen3-32b,1,0,1,1,0.05\n",
+     "device a100-80gb has 1 measurement(s) for its 2 parameter(s)"),
     (HEADER.encode() + b"h100-sxm,qwen3-32b,1,0,1,1,0.02\nh100-sxm,qwen3-32b,1,100,1,1,0.0201\n"
      b"h100-sxm,nomodel,1,0,1,1,0.02\n", "line 4: model: unknown model 'nomodel'"),
     # Qwen3-32B in fp16 is 65.5 GB: reading it in 1 ms needs 65 TB/s, 20x the H100's 3.35 TB/s.

@@ -69,16 +69,18 @@ GEN = ["generate", "--model", "tiny", "--prompt-ids", "1,5"]
 
 # -- options: range-checked before any work ----------------------------------------------------
 
-def test_a_huge_gamma_is_refused_at_once():
-    proc = run_cli(*GEN, "--method", "sd", "--draft-layers", "1", "--gamma", "1000000000")
+@pytest.mark.parametrize("method", [["sd", "--draft-layers", "1"], ["mirror", "--draft-layers", "1"], ["lookup"]])
+def test_a_huge_gamma_is_refused_at_once(method):
+    proc = run_cli(*GEN, "--method", *method, "--gamma", "1000000000")
     assert proc.returncode == 2 and "--gamma 1000000000" in proc.stderr and proc.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize("option,value", [("--gamma", "0"), ("--tree-k", "0"), ("--ngram", "0"),
                                           ("--draft-layers", "0"), ("--threads", "0"),
-                                          ("--max-new-tokens", "-1")])
+                                          ("--max-new-tokens", "-1"), ("--kappa", "0"), ("--max-branches", "0"),
+                                          ("--exit-layer", "0")])
 def test_out_of_range_options_fail_before_the_model_is_read(capsys, option, value):
-    method = ["--method", "lookup"] if option == "--ngram" else ["--method", "sd"]
+    method = {"--ngram": ["--method", "lookup"], "--kappa": ["--method", "mirror"]}.get(option, ["--method", "sd"])
     one_line_error(capsys, ["generate", "--model", "/nonexistent/x.bin", "--prompt-ids", "1", *method,
                             option, value], f"{option} {value}")
 
@@ -94,8 +96,7 @@ def test_huge_values_that_are_valid_give_a_correct_answer(capsys, sampling):
     assert main(argv) == 0
     expected = json.loads(capsys.readouterr().out)["tokens"]
     huge = "1" + "0" * 30
-    for extra in (["--max-new-tokens", huge], ["--method", "lookup", "--gamma", huge, "--ngram", huge],
-                  ["--top-k", huge]):
+    for extra in (["--max-new-tokens", huge], ["--method", "lookup", "--ngram", huge], ["--top-k", huge]):
         assert main([*argv, *extra]) == 0
         tokens = json.loads(capsys.readouterr().out)["tokens"]
         assert tokens[:5] == expected
@@ -205,7 +206,8 @@ def test_oracle_refuses_a_token_file_of_another_prompt(capsys, tmp_path):
 
 @pytest.mark.parametrize("content,needle", [("[1, 300]", "token id 300"), ("[-1]", "token id -1"),
                                             ("[" * 100_000, "nested too deeply"), ("\xff", "--tokens"),
-                                            ("1\n" * (5 << 20), "larger than")])
+                                            ("1\n" * (5 << 20), "larger than")],
+                         ids=["id-past-vocab", "negative-id", "deep-nesting", "not-utf8", "10-MiB"])
 def test_oracle_bad_token_files_exit_2_never_1(capsys, tmp_path, content, needle):
     (tmp_path / "t").write_bytes(content.encode("latin-1"))
     one_line_error(capsys, [*ORACLE, "--tokens", str(tmp_path / "t")], needle)
@@ -230,6 +232,7 @@ def test_an_unexpected_exception_exits_3_in_one_line(capsys, tmp_path, monkeypat
     (["oracle", "check", "--model", "tiny", "--prompt-ids", "1", "--seed", "x"], "mirrorstream oracle check"),
     (["oracle"], "mirrorstream oracle"),
     (["simulate", "--gamma", "x"], "mirrorstream simulate"),
+    (["oracle", "check", "--reference", "r", "--candidate", "c", "--near-tie", "x"], "mirrorstream oracle check"),
     (["hw", "calibrate"], "mirrorstream hw calibrate"),
     (["nonsense"], "mirrorstream"),
 ])
@@ -260,3 +263,75 @@ def test_checkpoint_with_a_lying_header_is_refused_by_size(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20
+
+
+# -- reference files (`oracle check --reference/--candidate`): found by the fuzzer -------------------
+
+def _reference(temperature: float):
+    from refimpl.model import Model
+    from refimpl.oracle import reference
+    from refimpl.sampling import SamplingSettings
+
+    model = Model.from_dense(CONFIG, random_weights(CONFIG, 3))
+    return reference(model, [1, 5], SamplingSettings(temperature=temperature, seed=1, ignore_eos=False), 8)
+
+
+def test_a_candidate_running_past_the_reference_stop_is_described():
+    from refimpl.oracle import compare
+
+    ref = dict(_reference(0.0), stop_reason="eos")   # as if the last token were the stop token
+    verdict = compare(ref, {"tokens": ref["tokens"] + [7]})
+    assert verdict.status == "diverged" and verdict.expected is None and verdict.margin is None
+    assert "expected the end, got 7" in verdict.describe()
+
+
+def test_a_sampled_reference_token_outside_the_top5_is_no_crash():
+    from refimpl.oracle import compare
+
+    ref = _reference(1.0)
+    ref["top5"][2] = [pair for pair in ref["top5"][2] if pair[0] != ref["tokens"][2]][:4] or [[299, 0.0]]
+    wrong = ref["tokens"][:2] + [(ref["tokens"][2] + 1) % 300] + ref["tokens"][3:]
+    verdict = compare(ref, {"tokens": wrong})
+    assert verdict.status == "diverged" and verdict.index == 2 and verdict.margin is None
+    assert "got" in verdict.describe()
+
+
+@pytest.mark.parametrize("field,value", [("tokens", "x"), ("top5", None), ("id", [1]), ("logprobs", [1]),
+                                         ("settings", {"temperature": "hot"}), ("prompt_ids", None)])
+def test_malformed_reference_records_are_refused(tmp_path, field, value):
+    from refimpl.oracle import check_files
+
+    ref = _reference(0.0)
+    (tmp_path / "cand.jsonl").write_text(json.dumps({"id": ref["id"], "tokens": ref["tokens"]}))
+    (tmp_path / "ref.jsonl").write_text(json.dumps(dict(ref, **{field: value})))
+    with pytest.raises(InputError, match=f"--reference .*ref.jsonl:1: .*{field}"):
+        check_files(tmp_path / "ref.jsonl", tmp_path / "cand.jsonl")
+
+
+def test_candidate_logprobs_too_large_for_a_float_are_refused(tmp_path):
+    from refimpl.oracle import check_files
+
+    ref = _reference(0.0)
+    (tmp_path / "ref.jsonl").write_text(json.dumps(ref))
+    (tmp_path / "cand.jsonl").write_text(json.dumps({"id": ref["id"], "tokens": ref["tokens"],
+                                                     "logprobs": [10 ** 400]}))
+    with pytest.raises(InputError, match="logprobs must be a list of numbers"):
+        check_files(tmp_path / "ref.jsonl", tmp_path / "cand.jsonl")
+
+
+def test_text_with_lone_surrogates_is_refused_by_both_tokenizers(root):
+    from tests.refimpl.test_fuzz_readers import seed_files
+
+    model_file = root / "spm.model"
+    model_file.write_bytes(seed_files()["tokenizer.model"])
+    for tokenizer in (load_tokenizer(root / "tiny" / "tokenizer.bin"), load_tokenizer(model_file)):
+        with pytest.raises(InputError, match="not valid UTF-8"):
+            tokenizer.encode("ab\udcff")
+        assert tokenizer.decode(tokenizer.encode("ab")).strip() == "ab"
+
+
+@pytest.mark.parametrize("option", ["--near-tie", "--logprob-tolerance"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_reference_check_tolerances_must_be_finite(capsys, tmp_path, option, value):
+    one_line_error(capsys, ["oracle", "check", "--reference", str(tmp_path / "r"), "--candidate", str(tmp_path / "c"),
+                            option, value], option)

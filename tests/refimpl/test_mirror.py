@@ -271,3 +271,24 @@ def test_overlap_gives_the_tokens_and_records_of_the_serial_schedule(temperature
 
     assert [shape(r) for r in serial.records] == [shape(r) for r in overlapped.records]
     assert all("wait" in r.wall_parts for r in overlapped.records[1:])
+
+
+@pytest.mark.parametrize("fields,needle", [
+    ({"exit_hit": 1}, "'exit_hit'"), ({"wall_parts": [1.0]}, "'wall_parts'"),
+    ({"wall_parts": {"draft": -1.0}}, "'wall_parts'"), ({"wall_parts": {"draft": float("nan")}}, "'wall_parts'"),
+])
+def test_the_trace_reader_rejects_bad_mirror_fields_with_one_line(tmp_path, fields, needle):
+    import json
+
+    from refimpl.trace import StepRecord, TraceHeader, read_trace, write_trace
+
+    good = StepRecord(context=3, target_tokens=4, draft_passes=3, draft_tokens_per_pass=1, proposed=3,
+                      accepted=1, emitted=2, branches=8, coverage_hit=True, exit_hit=True,
+                      wall_parts={"prefix": 0.1, "draft": 0.2})
+    path = tmp_path / "t.jsonl"
+    write_trace(path, TraceHeader(method="mirror", target="t", prompt_tokens=3), [good])
+    assert read_trace(path)[1] == [good]
+    header, line = path.read_text().splitlines()
+    path.write_text(header + "\n" + json.dumps(json.loads(line) | fields) + "\n")
+    with pytest.raises(InputError, match=f"{path}:2: .*{needle}"):
+        read_trace(path)

@@ -35,7 +35,7 @@ def test_mirror_gives_the_tokens_of_ar_on_stories15m(capsys, tmp_path, sampling)
     assert header.method == "mirror" and header.params["exit_layer"] == 3 and header.params["kappa"] == 2
     steps = [r for r in records if not r.prefill]
     assert all(r.branches <= 2 * 4 and r.exit_hit is not None and r.wall_parts for r in steps[:-1])
-    assert main(["simulate", "--trace", str(trace), "--methods", "ar,sd,mirror"]) == 0
+    assert main(["simulate", "--trace", str(trace), "--methods", "ar,sd,mirror", "--tp", "1", "--draft-tp", "1"]) == 0
     assert "mirror" in capsys.readouterr().out
 
 

@@ -1,27 +1,56 @@
-"""Rejection sampling is lossless in distribution.
+"""Rejection sampling is lossless in distribution, with the production's keyed uniforms.
 
-1. Exact enumeration: every branch of the samplers' random choices (draft draws, accept
-   tests, residual draws) is followed with its probability; the resulting distribution of
-   committed tokens equals the target's to 1e-12 in total variation, for chains (Leviathan/
-   Chen) and trees (SpecInfer's recursive rule), under temperature, top-k and top-p.
-2. End to end: `sd --verify rejection` with real (tiny) models, 20,000 seeds, passes a
-   chi-square test against the exactly computed distribution of plain sampling; a sampler
-   that accepts every draft token (the negative control) fails the same test.
+1. The rule alone: every branch of the random choices (draft draws, accept tests, residual
+   draws) is enumerated exactly by `KeyedEnumeration`, which keys each uniform as
+   production does (a key read twice is the same number); the committed tokens follow
+   the target's distribution to 1e-12 in total variation, for chains (Leviathan/Chen)
+   and trees (SpecInfer's recursive rule), under temperature, top-k and top-p.
+2. Inside the real decoder (`sd --verify rejection`: the drafter, the shared loop, the
+   verifier, random models): the exact distribution of a whole speculative step, by
+   the same enumeration, completed by the target, is the target's.
+3. End to end with the real `PositionKeyed` uniforms: chi-square over seeds for chains and
+   a non-full tree at T > 0 with top-k/top-p.
+Each has a negative control as subtle as a real bug: sibling candidates sharing one accept
+uniform, or the accept test reading the uniform that drew the draft token.
 """
+import importlib
+
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
+import refimpl.decoding.sd as sd_module
+from refimpl.decoding import generate
 from refimpl.decoding.sd import speculative
+from refimpl.decoding.speculative import Proposal, speculative_decode
 from refimpl.model import Model, ModelConfig
-from refimpl.sampling import SamplingSettings, probabilities
-from refimpl.testing import (ScriptedRandomness, chi_square_pvalue, decode, enumerate_outcomes, outcome_of,
-                             random_weights, sequence_distribution, total_variation)
+from refimpl.sampling import ACCEPT, DRAFT, SAMPLE, SamplingSettings, probabilities, uniform
+from refimpl.testing import (KeyedEnumeration, chi_square_pvalue, decode, enumerate_outcomes, random_weights,
+                             sequence_distribution, total_variation)
 from refimpl.trees import TokenTree
+import refimpl.verify as verify_module
 from refimpl.verify import PositionKeyed, sampled_children, verify_rejection
+
+speculative_module = importlib.import_module("refimpl.decoding.speculative")  # the package's name is the sd function
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+
+class SharedSiblingUniform(KeyedEnumeration):
+    """Negative control: every sibling's accept test reads the first sibling's uniform."""
+
+    def chance(self, prob, position, index=0):
+        return super().chance(prob, position, 0)
+
+
+class AcceptReadsDraftUniform(KeyedEnumeration):
+    """Negative control: the accept test reads the uniform that drew the draft token."""
+
+    def chance(self, prob, position, index=0):
+        return self.split((DRAFT, position, index), [prob]) == 0
+
+
+# -- 1. the rule alone, on random conditional distributions ----------------------------------------
 
 class Conditionals:
     """Random next-token distributions of a 'model' given the tokens after the root."""
@@ -36,9 +65,9 @@ class Conditionals:
         return self.memo[prefix]
 
 
-def speculative_step(p, q, k: int, depth: int, rng, verify=verify_rejection) -> tuple:
-    """One draft-and-verify step (children drawn from q, then the rejection rule), completed
-    with plain target samples to depth + 1 tokens."""
+def speculative_step(p, q, k: int, depth: int, rng) -> tuple:
+    """One draft-and-verify step at base 0 (children drawn from q, then the rejection rule),
+    completed with plain target samples (keyed by their positions) to depth + 1 tokens."""
     tree, q_rows, frontier = TokenTree.root(0), [None], [0]
     for d in range(1, depth + 1):
         grown = []
@@ -48,10 +77,10 @@ def speculative_step(p, q, k: int, depth: int, rng, verify=verify_rejection) -> 
                 grown.append(tree.add(node, token))
                 q_rows.append(None)
         frontier = grown
-    verdict = verify(tree, [p(below_root(tree, i)) for i in range(len(tree))], q_rows, rng, 0)
+    verdict = verify_rejection(tree, [p(below_root(tree, i)) for i in range(len(tree))], q_rows, rng, 0)
     out = [tree.tokens[i] for i in verdict.path[1:]] + [verdict.token]
     while len(out) < depth + 1:
-        out.append(rng.choose(p(tuple(out)), len(out)))
+        out.append(rng.choose(p(tuple(out)), len(out) + 1, SAMPLE))
     return tuple(out)
 
 
@@ -104,50 +133,179 @@ def test_identical_draft_accepts_everything_and_disjoint_draft_nothing(k, depth)
     assert accepted(disjoint) == {0: 1.0}
 
 
-class AcceptAll(ScriptedRandomness):
-    """The negative control: a sampler that accepts every draft token."""
-
-    def chance(self, prob, position=0, index=0):
-        return True
-
-
-def test_negative_control_accepting_every_draft_token_is_far_from_the_target():
+def test_siblings_sharing_an_accept_uniform_is_caught():
+    """The largest error of the shared-uniform bug over random k = 2, V = 3 steps: a few
+    percent in total variation (the enumeration above sees it)."""
     settings = SamplingSettings(temperature=1.0)
-    p, q = Conditionals(3, 4, settings), Conditionals(3, 5, settings)
-    for k, depth in [(1, 2), (2, 2)]:
-        expected = target_distribution(p, 3, depth + 1)
-        right = enumerate_outcomes(lambda rng: speculative_step(p, q, k, depth, rng))
-        wrong = enumerate_outcomes(lambda rng: speculative_step(p, q, k, depth, AcceptAll(rng.script)))
+    worst = 0.0
+    for seed in range(40):
+        p, q = Conditionals(3, 2 * seed, settings, 1.0), Conditionals(3, 2 * seed + 1, settings, 1.0)
+        expected = target_distribution(p, 3, 2)
+        right = enumerate_outcomes(lambda rng: speculative_step(p, q, 2, 1, rng))
+        wrong = enumerate_outcomes(lambda rng: speculative_step(p, q, 2, 1, rng), SharedSiblingUniform)
         assert total_variation(right, expected) <= 1e-12
-        assert total_variation(wrong, expected) > 0.05
+        worst = max(worst, total_variation(wrong, expected))
+    assert 0.02 < worst < 0.1
 
 
-# -- end to end: sd with real tiny models, 20,000 seeds, chi-square -------------------------------
+def test_position_keyed_draws_independent_uniforms_per_index_and_purpose():
+    """Siblings (index) and purposes read different uniforms: two accept tests at p = 0.5
+    agree about half the time, not always (what a shared uniform would give)."""
+    rng = PositionKeyed(9)
+    agree_index = np.mean([rng.chance(0.5, pos, 0) == rng.chance(0.5, pos, 1) for pos in range(4000)])
+    agree_purpose = np.mean([rng.chance(0.5, pos) == (rng.choose(np.ones(2), pos, DRAFT) == 0)
+                             for pos in range(4000)])
+    assert abs(agree_index - 0.5) < 0.04 and abs(agree_purpose - 0.5) < 0.04
 
-CONFIG = ModelConfig(dim=8, hidden_dim=12, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=7, seq_len=16,
+
+def test_keyed_enumeration_reads_a_key_twice_as_one_number():
+    """Two tests of one uniform against 0.5: the second agrees with the first."""
+    def twice(rng):
+        return rng.chance(0.5, 3), rng.chance(0.5, 3), rng.chance(0.5, 3, index=1)
+
+    outcomes = enumerate_outcomes(twice)
+    assert outcomes == pytest.approx({(True, True, True): 0.25, (True, True, False): 0.25,
+                                      (False, False, True): 0.25, (False, False, False): 0.25})
+
+
+# -- 2. inside the real decoder: the exact distribution of a whole speculative step ----------------
+
+CONFIG = ModelConfig(dim=8, hidden_dim=12, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=5, seq_len=16,
                      shared_classifier=False)
+# Broad distributions that differ: after a rejection the residual is spread over several
+# tokens, where a shared uniform changes the outcome (a few percent of total variation).
+TARGET = Model.from_dense(CONFIG, random_weights(CONFIG, 1, logit_scale=0.5))
+DRAFT_MODEL = Model.from_dense(CONFIG, random_weights(CONFIG, 101, logit_scale=0.5))
 PROMPT = [3, 4]
-N_SAMPLES = 20_000
-NEW_TOKENS = 4    # the prefill samples one, then one step decides the other three (gamma 2)
 
 
-def sampled_counts(target, draft, settings, tree_k):
+def first_step_distribution(monkeypatch, make_steps, randomness=KeyedEnumeration) -> dict:
+    """Exact distribution of the tokens the first speculative step emits (the prefill's token
+    is fixed by the seed): every PositionKeyed of the decoder replaced by one enumerator."""
+    def sampler(rng):
+        monkeypatch.setattr(speculative_module, "PositionKeyed", lambda seed: rng)
+        monkeypatch.setattr(sd_module, "PositionKeyed", lambda seed: rng)
+        steps = make_steps()
+        next(steps)                      # the prefill
+        emitted, _, _ = next(steps)
+        return tuple(emitted)
+    return enumerate_outcomes(sampler, randomness)
+
+
+def completed(outcomes: dict, model, context, settings, n_tokens: int) -> dict:
+    """The distribution of n_tokens tokens: each outcome followed by plain target sampling."""
+    out = {}
+    for tokens, mass in outcomes.items():
+        for rest, m in sequence_distribution(model, context + list(tokens), settings,
+                                             n_tokens - len(tokens)).items():
+            out[tokens + rest] = out.get(tokens + rest, 0.0) + mass * m
+    return out
+
+
+def step_error(monkeypatch, settings, make_steps, depth, randomness=KeyedEnumeration) -> float:
+    first = decode("ar", TARGET, PROMPT, settings, 1).tokens
+    context = PROMPT + first
+    step = first_step_distribution(monkeypatch, make_steps, randomness)
+    expected = sequence_distribution(TARGET, context, settings, depth + 1)
+    return total_variation(completed(step, TARGET, context, settings, depth + 1), expected)
+
+
+STEP_CASES = [  # (tree_k, gamma, settings)
+    (1, 1, SamplingSettings(temperature=0.7, top_p=0.9, seed=1, ignore_eos=True)),
+    (2, 1, SamplingSettings(temperature=1.0, top_k=3, seed=1, ignore_eos=True)),
+]
+
+
+@pytest.mark.parametrize("tree_k,gamma,settings", STEP_CASES)
+def test_a_whole_sd_step_has_the_targets_distribution(monkeypatch, tree_k, gamma, settings):
+    def make_steps():
+        return speculative(TARGET, PROMPT, settings, gamma + 2, draft=DRAFT_MODEL, gamma=gamma, tree_k=tree_k,
+                           verify="rejection")
+
+    assert step_error(monkeypatch, settings, make_steps, gamma) <= 1e-12
+    control = SharedSiblingUniform if tree_k > 1 else AcceptReadsDraftUniform
+    assert step_error(monkeypatch, settings, make_steps, gamma, control) > 3e-3
+
+
+def non_full_tree_proposer(draft, settings):
+    """Rejection proposals of a non-full tree: the root gets two sampled children, the first
+    of them one sampled child, the second none (a leaf at depth 1)."""
+    def propose(context, max_depth, max_nodes):
+        rng = speculative_module.PositionKeyed(settings.seed)
+        base, tree = len(context) - 1, TokenTree.root(context[-1])
+        if max_depth == 0 or max_nodes < 4:
+            return Proposal(tree, [None])
+
+        def q_after(tokens):
+            return probabilities(draft.forward(tokens, np.arange(len(tokens)), draft.new_cache())[-1], settings)
+
+        q = [q_after(context), None, None]
+        first, _ = [tree.add(0, t) for t in sampled_children(q[0], 2, rng, base + 1)]
+        if max_depth >= 2:
+            q[first] = q_after(context + [tree.tokens[first]])
+            tree.add(first, sampled_children(q[first], 1, rng, base + 2)[0])
+            q.append(None)
+        return Proposal(tree, q)
+    return propose
+
+
+def test_a_non_full_tree_step_has_the_targets_distribution(monkeypatch):
+    settings = SamplingSettings(temperature=1.0, top_k=3, seed=1, ignore_eos=True)
+    propose = non_full_tree_proposer(DRAFT_MODEL, settings)
+
+    def make_steps():
+        return speculative_decode(TARGET, PROMPT, settings, 4, propose, verify="rejection")
+
+    assert step_error(monkeypatch, settings, make_steps, 2) <= 1e-12
+    assert step_error(monkeypatch, settings, make_steps, 2, SharedSiblingUniform) > 3e-3
+
+
+# -- 3. end to end with the real keyed uniforms: chi-square over seeds -----------------------------
+
+def sampled_counts(run, n_samples: int, n_tokens: int) -> dict:
+    """How often each run's first n_tokens tokens occurred, over seeds 0..n_samples-1."""
     counts = {}
-    for seed in range(N_SAMPLES):
-        run = SamplingSettings(settings.temperature, settings.top_k, settings.top_p, seed)
-        outcome = outcome_of(decode(speculative, target, PROMPT, run, NEW_TOKENS, draft=draft, gamma=2,
-                                    tree_k=tree_k, verify="rejection"))
+    for seed in range(n_samples):
+        outcome = tuple(run(seed).tokens[:n_tokens])
         counts[outcome] = counts.get(outcome, 0) + 1
     return counts
 
 
-@pytest.mark.parametrize("tree_k", [1, 2])
-def test_sampled_decoding_passes_chi_square_and_accept_all_fails(tree_k, monkeypatch):
-    target = Model.from_dense(CONFIG, random_weights(CONFIG, 2, logit_scale=2.0))   # few stops, spread out
-    draft = target.first_layers(1)
-    settings = SamplingSettings(temperature=1.0)
-    exact = sequence_distribution(target, PROMPT, settings, NEW_TOKENS)
-    assert chi_square_pvalue(sampled_counts(target, draft, settings, tree_k), exact) > 1e-3
-    if tree_k == 1:
-        monkeypatch.setattr(PositionKeyed, "chance", lambda self, prob, position, index=0: True)
-        assert chi_square_pvalue(sampled_counts(target, draft, settings, tree_k), exact) < 1e-6
+def draft_uniform_chance(self, prob, position, index=0):
+    """Negative control: the accept test reads the uniform that drew the draft token."""
+    return uniform(self.seed, position, DRAFT, index) < prob
+
+
+def unchanged_residual(r, q):
+    """Negative control: after a rejection the next sibling is tested against p, not the residual."""
+    return r
+
+
+CHI_CASES = {   # name: (settings, sd's parameters (None: the non-full tree), negative control)
+    "chain": (SamplingSettings(temperature=0.7, top_p=0.9, ignore_eos=True), dict(gamma=2),
+              (PositionKeyed, "chance", draft_uniform_chance)),
+    "non-full tree": (SamplingSettings(temperature=1.0, top_k=3, ignore_eos=True), None,
+                      (verify_module, "residual", unchanged_residual)),
+}
+N_SAMPLES = 3000
+N_NEW = 4     # the prefill's token, then a step of up to 3 (and whatever follows)
+N_COMPARED = 2   # the prefill's token and the step's first: few cells, so a few percent shows
+
+
+@pytest.mark.parametrize("name", list(CHI_CASES))
+def test_sampled_decoding_passes_chi_square_and_the_subtle_bug_fails(monkeypatch, name):
+    base, params, control = CHI_CASES[name]
+
+    def run(seed):
+        settings = SamplingSettings(base.temperature, base.top_k, base.top_p, seed, ignore_eos=True)
+        if params is None:
+            propose = non_full_tree_proposer(DRAFT_MODEL, settings)
+            return generate(speculative_decode(TARGET, PROMPT, settings, N_NEW, propose, verify="rejection"),
+                            PROMPT)
+        return decode(speculative, TARGET, PROMPT, settings, N_NEW, draft=DRAFT_MODEL, verify="rejection",
+                      **params)
+
+    exact = sequence_distribution(TARGET, PROMPT, base, N_COMPARED)
+    assert chi_square_pvalue(sampled_counts(run, N_SAMPLES, N_COMPARED), exact) > 1e-3
+    monkeypatch.setattr(*control)
+    assert chi_square_pvalue(sampled_counts(run, N_SAMPLES, N_COMPARED), exact) < 1e-6

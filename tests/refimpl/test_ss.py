@@ -38,6 +38,11 @@ def test_ss_gives_the_tokens_of_ar(config, seed, settings, data):
     model = random_model(config, seed)
     streams = random_streams(model, data.draw(st.integers(1, 4)), data.draw(st.integers(1, config.n_layers - 1)),
                              seed + 1, scale=data.draw(st.sampled_from([0.5, 3.0])))
+    if data.draw(st.booleans()):   # a low-rank f_eta on stream rows
+        eta = data.draw(st.integers(1, 4))
+        rng = np.random.default_rng(seed)
+        streams.init_down = rng.standard_normal((streams.gamma, config.dim, eta)).astype(np.float32)
+        streams.init_up = rng.standard_normal((streams.gamma, eta, config.dim)).astype(np.float32)
     if data.draw(st.booleans()):   # a draft shortlist
         streams.vocabulary = np.unique(data.draw(st.lists(st.integers(0, config.vocab_size - 1), min_size=1)))
     prompt = data.draw(st.lists(st.integers(3, config.vocab_size - 1), min_size=1, max_size=8))
@@ -116,6 +121,9 @@ def stream_logits_per_step(monkeypatch, schedule, model, streams, prompt, settin
 def test_fused_and_deferred_schedules_propose_identical_trees(monkeypatch, threshold, temperature):
     model = random_model(CONFIG, 11)
     streams = random_streams(model, 3, 2, 4, scale=0.5)
+    rng = np.random.default_rng(0)
+    streams.init_down = rng.standard_normal((3, CONFIG.dim, 2)).astype(np.float32) / 5
+    streams.init_up = rng.standard_normal((3, 2, CONFIG.dim)).astype(np.float32) / 2
     settings = SamplingSettings(temperature=temperature, seed=9)
     runs = [stream_logits_per_step(monkeypatch, s, model, streams, [4, 5, 7], settings, tree_k=2,
                                    prune_threshold=threshold) for s in (FUSED, DEFERRED)]

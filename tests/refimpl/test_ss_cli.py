@@ -103,3 +103,17 @@ def test_train_streams_writes_a_loadable_file_and_resumes(capsys, files):
     capsys.readouterr()
     assert main(["train-streams", "--model", str(files / "tiny.bin"), "--steps", "0", "--out", str(out)]) == 2
     assert "--steps 0" in capsys.readouterr().err
+
+
+def test_trace_records_the_stream_rows_as_a_draft_pass_of_the_last_layers(capsys, files):
+    from refimpl.trace import read_trace
+
+    path = files / "t.jsonl"
+    generate_json(capsys, "--model", str(files / "tiny.bin"), "--method", "ss", "--streams",
+                  str(files / "ss.safetensors"), "--trace", str(path))
+    header, records = read_trace(path)
+    assert header.method == "ss" and header.params["stream_layers"] == 2 and header.params["gamma"] == 3
+    assert header.draft["num_hidden_layers"] == 2
+    steps = [r for r in records if not r.prefill]
+    assert steps and all(r.draft_passes == 1 and r.draft_tokens_per_pass == 3 for r in steps)
+    assert all(r.target_tokens == r.proposed + 1 for r in steps)

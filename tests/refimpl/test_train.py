@@ -46,6 +46,20 @@ def test_stream_gradient_matches_finite_differences(n_layers):
     assert np.abs(grad).max() > 1e-4
 
 
+def test_low_rank_stream_initialisation_gradients_match_finite_differences():
+    rng = np.random.default_rng(4)
+    model = random_model(CONFIG, 3)
+    frozen = Frozen(model, 2, np.float64)
+    consts = base_constants(model, sequences(rng), 2)
+    emb = rng.standard_normal((2, CONFIG.dim))
+    down, up = rng.standard_normal((2, CONFIG.dim, 3)) / 4, rng.standard_normal((2, 3, CONFIG.dim)) / 2
+    _, (d_emb, d_down, d_up), _ = stream_loss(frozen, emb, consts, init=(down, up))
+    loss = lambda e, d, u: stream_loss(frozen, e, consts, backward=False, init=(d, u))[0]
+    assert np.allclose(d_emb, finite_difference(lambda e: loss(e, down, up), emb.copy()), rtol=1e-5, atol=1e-8)
+    assert np.allclose(d_down, finite_difference(lambda d: loss(emb, d, up), down.copy()), rtol=1e-5, atol=1e-8)
+    assert np.allclose(d_up, finite_difference(lambda u: loss(emb, down, u), up.copy()), rtol=1e-5, atol=1e-8)
+
+
 def test_prune_and_medusa_gradients_match_finite_differences():
     rng = np.random.default_rng(1)
     model = random_model(CONFIG, 4)
@@ -72,10 +86,14 @@ def test_training_forward_is_the_inference_streams():
     rng = np.random.default_rng(2)
     model = random_model(CONFIG, 5)
     streams = random_streams(model, 3, 2, 7)
+    streams.init_down = rng.standard_normal((3, CONFIG.dim, 4)).astype(np.float32) / 4
+    streams.init_up = rng.standard_normal((3, 4, CONFIG.dim)).astype(np.float32) / 2
     seq = sequences(rng, 1, 12)[0]
     consts = base_constants(model, [seq], 2)
     frozen = Frozen(model, 2, np.float64)
-    S = consts.split_hidden.astype(np.float64)[:, :, None, :] + streams.embeddings[None, None]
+    M = consts.split_hidden.astype(np.float64)
+    S = M[:, :, None, :] + streams.embeddings[None, None]
+    S = S + np.einsum("btge,ged->btgd", np.einsum("btd,gde->btge", M, streams.init_down), streams.init_up)
     for i, w in enumerate(frozen.layers):
         S, _ = train.msa_layer(frozen, w, S, consts.keys[i], consts.values[i])
     for t in (0, 5, 11):

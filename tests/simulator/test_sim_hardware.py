@@ -118,7 +118,7 @@ def test_kappa_and_costs_follow_the_batch():
     (dict(exit_layer=64), "--exit-layer"),
     (dict(dtype="bf16", draft_dtype="bf16"), "--draft-hw: device m2-ultra-ane does not support bf16"),
     (dict(target=Group("rtx-4090", tp=1), link="pcie-4"), "--target-hw: model qwen3-32b"),
-    (dict(target=Group("rtx-4090", tp=1)), "--link: name the link between rtx-4090 and m2-ultra-ane"),
+    (dict(target=Group("rtx-4090", tp=1), link=None), "--link: name the link between rtx-4090 and m2-ultra-ane"),
     (dict(target=Group("m2-ultra-gpu", tp=3)), "--tp: 3 does not divide the 64 attention heads of qwen3-32b"),
     (dict(target=Group("m2-ultra-gpu", tp=16, count=16)), None),
 ])

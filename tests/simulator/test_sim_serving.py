@@ -112,6 +112,20 @@ def test_bad_arrival_files_exit_2(tmp_path, capsys, text, message):
     assert message in err and str(path) in err and err.count("\n") == 1
 
 
+def test_arrival_files_that_are_not_files_exit_2(tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"0\n\xff\xfe\n")
+    for path, message in [(fifo, "not a regular file"), (tmp_path, "not a regular file"),
+                          (tmp_path / "missing", "no such file"), (binary, "not UTF-8")]:
+        assert main(["simulate", "--prompts", "4", "--new-tokens", "32", "--arrivals", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, path
+
+
 def test_serving_cli_reports_percentiles(tmp_path, capsys):
     import json
 

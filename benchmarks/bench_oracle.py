@@ -3,9 +3,8 @@
     python benchmarks/bench_oracle.py [--prompts 2] [--prompt-tokens 32] [--new-tokens 16] [--threads N]
         [--shape qwen3-0.6b|small]
 
-The shape follows Qwen3-0.6B's config.json (hidden 1024, 28 layers, 16 query / 8 KV
-heads, intermediate 3072, vocab 151936, tied embeddings) with a head size of
-hidden / heads = 64 (Qwen3's 128 and its q/k norms need the Qwen3 architecture).
+The shape is Qwen3-0.6B's config.json (hidden 1024, 28 layers, 16 query / 8 KV
+heads of 128, per-head q/k RMSNorm, intermediate 3072, vocab 151936, tied embeddings).
 Weights are random normal, scaled so the logits are far from uniform. Reported:
 packing time; prefill and decode tokens/s of plain decoding; tokens/s of the whole
 reference generation (decoding plus one scoring pass for the per-token top-5
@@ -29,7 +28,8 @@ from refimpl.sampling import SamplingSettings
 
 SHAPES = {
     "qwen3-0.6b": ModelConfig(dim=1024, hidden_dim=3072, n_layers=28, n_heads=16, n_kv_heads=8, vocab_size=151936,
-                              seq_len=4096, shared_classifier=True, norm_eps=1e-6, rope_theta=1e6),
+                              seq_len=4096, shared_classifier=True, norm_eps=1e-6, rope_theta=1e6,
+                              head_size=128, qk_norm=True, arch="qwen3", stop_at_bos=False),
     "small": ModelConfig(dim=256, hidden_dim=768, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=8192,
                          seq_len=512, shared_classifier=True),
 }
@@ -48,9 +48,11 @@ def random_model(config: ModelConfig, seed: int = 0) -> Model:
     weights = {"token_embedding": normal(c.vocab_size, c.dim, scale=0.2),
                "attn_norm": [np.ones(c.dim, np.float32)] * c.n_layers,
                "ffn_norm": [np.ones(c.dim, np.float32)] * c.n_layers,
-               "wq": layers(c.dim, c.dim), "wk": layers(c.kv_dim, c.dim), "wv": layers(c.kv_dim, c.dim),
-               "wo": layers(c.dim, c.dim), "w1": layers(c.hidden_dim, c.dim), "w3": layers(c.hidden_dim, c.dim),
+               "wq": layers(c.q_dim, c.dim), "wk": layers(c.kv_dim, c.dim), "wv": layers(c.kv_dim, c.dim),
+               "wo": layers(c.dim, c.q_dim), "w1": layers(c.hidden_dim, c.dim), "w3": layers(c.hidden_dim, c.dim),
                "w2": layers(c.dim, c.hidden_dim), "final_norm": np.full(c.dim, 2.0, np.float32)}
+    if c.qk_norm:
+        weights["q_norm"] = weights["k_norm"] = [np.ones(c.head_dim, np.float32)] * c.n_layers
     return Model.from_dense(config, weights, name="random")
 
 

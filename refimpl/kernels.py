@@ -563,3 +563,75 @@ def transformer_layer(h, positions, base, mask, cos, sin, eps, n_heads, n_kv_hea
     for g in prange(w2.shape[0]):
         _matmul_group(act, w2, g, o)
     add_into(h, o[:, :dim])
+
+
+@njit(cache=True, nogil=True)
+def layernorm(x, weight, bias, eps, out):
+    """out[r] = (x[r] - mean) / sqrt(variance + eps) * weight + bias (GPT-2); mean and
+    variance are sums taken in order."""
+    n_rows, dim = x.shape
+    for r in range(n_rows):
+        total = np.float32(0.0)
+        for i in range(dim):
+            total += x[r, i]
+        mean = total / np.float32(dim)
+        ss = np.float32(0.0)
+        for i in range(dim):
+            d = x[r, i] - mean
+            ss += d * d
+        scale = np.float32(1.0) / np.sqrt(ss / np.float32(dim) + eps)
+        for i in range(dim):
+            out[r, i] = (x[r, i] - mean) * scale * weight[i] + bias[i]
+
+
+@njit(cache=True, nogil=True)
+def gelu_tanh(x, out):
+    """out = GELU with the tanh approximation (GPT-2's gelu_new), elementwise."""
+    c = np.float32(0.7978845608028654)  # sqrt(2 / pi)
+    for r in range(out.shape[0]):
+        for i in range(out.shape[1]):
+            v = x[r, i]
+            out[r, i] = np.float32(0.5) * v * (np.float32(1.0) + np.tanh(c * (v + np.float32(0.044715) * (v * v * v))))
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def gpt2_layer(h, base, mask, eps, n_heads, ln1_w, ln1_b, wqkv, bqkv, wo, bo, ln2_w, ln2_b, wfc, bfc,
+               wproj, bproj, k_t, v_cache):
+    """One GPT-2 block on the residual stream h (n, dim), in place: LayerNorm, attention
+    with biased projections and no RoPE (positions were added to the embedding), LayerNorm,
+    GELU MLP with biases. Same cache layout and attention as transformer_layer; its
+    parallel loops are its own for the same reason (see there)."""
+    n, dim = h.shape
+    head_dim = dim // n_heads
+    hidden = wproj.shape[2]
+    x = np.empty((n, dim), np.float32)
+    layernorm(h, ln1_w, ln1_b, eps, x)
+    qkv = np.empty((n, wqkv.shape[0] * TILE), np.float32)
+    for g in prange(wqkv.shape[0]):
+        _matmul_group(x, wqkv, g, qkv)
+    add_bias(qkv, bqkv)
+    for r in range(n):
+        for i in range(dim):
+            k_t[i, base + r] = qkv[r, dim + i]
+            v_cache[base + r, i] = qkv[r, 2 * dim + i]
+    q = qkv[:, :dim]
+    att = np.empty((n, dim), np.float32)
+    scores = np.empty((n * n_heads, base + n), np.float32)
+    for task in prange(n * n_heads):
+        _attend(q, k_t, v_cache, base, mask, n_heads, n_heads, head_dim, task, scores, att)
+    o = np.empty((n, wo.shape[0] * TILE), np.float32)
+    for g in prange(wo.shape[0]):
+        _matmul_group(att, wo, g, o)
+    add_bias(o, bo)
+    add_into(h, o[:, :dim])
+    layernorm(h, ln2_w, ln2_b, eps, x)
+    up = np.empty((n, wfc.shape[0] * TILE), np.float32)
+    for g in prange(wfc.shape[0]):
+        _matmul_group(x, wfc, g, up)
+    add_bias(up, bfc)
+    act = np.empty((n, hidden), np.float32)
+    gelu_tanh(up[:, :hidden], act)
+    for g in prange(wproj.shape[0]):
+        _matmul_group(act, wproj, g, o)
+    add_bias(o, bproj)
+    add_into(h, o[:, :dim])

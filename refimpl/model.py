@@ -14,7 +14,7 @@ ancestor mask (see refimpl.trees), each row's own entry included.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -99,6 +99,12 @@ class LayerWeights:
     ffn_norm: np.ndarray
     w13: np.ndarray
     w2: np.ndarray
+    # GPT-2 only (empty otherwise): LayerNorm biases, the output projection's and the MLP's biases
+    attn_norm_b: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    bo: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    ffn_norm_b: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    b13: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    b2: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
 
 class KVCache:
@@ -144,10 +150,13 @@ class Model:
     """A Llama-family model ready to run: config, packed weights, RoPE tables."""
 
     def __init__(self, config: ModelConfig, token_embedding: np.ndarray, layers: list[LayerWeights],
-                 final_norm: np.ndarray, classifier: np.ndarray, name: str = "model"):
+                 final_norm: np.ndarray, classifier: np.ndarray, name: str = "model",
+                 position_embedding: np.ndarray | None = None, final_norm_b: np.ndarray | None = None):
         self.config = config
         self.name = name
         self.token_embedding = token_embedding
+        self.position_embedding = position_embedding   # GPT-2's learned positions (seq_len, dim), else None
+        self.final_norm_b = final_norm_b               # GPT-2's final LayerNorm bias, else None
         self.layers = layers
         self.final_norm = final_norm
         self.classifier = kernels.pack_linear(classifier)
@@ -161,6 +170,9 @@ class Model:
         w2 (L, D, H); final_norm (D,); classifier (V, D) or absent when tied. With
         config.qkv_bias also bq (L, q_dim), bk/bv (L, kv_dim); with config.qk_norm also
         q_norm/k_norm (L, head_dim). Per-layer stacks may be lists of arrays."""
+        if config.arch == "gpt2":
+            return cls._gpt2(config, weights, name)
+
         def stacked(l, *names):
             return kernels.pack_linear(np.concatenate([weights[name][l] for name in names]))
 
@@ -187,6 +199,30 @@ class Model:
         return cls(config, weights["token_embedding"], layers,
                    np.ascontiguousarray(weights["final_norm"], dtype=np.float32), classifier, name)
 
+    @classmethod
+    def _gpt2(cls, config: ModelConfig, weights: dict, name: str) -> "Model":
+        """GPT-2 from dense arrays: the Llama names (w1 = c_fc, w2 = c_proj, no w3) plus biases
+        bq/bk/bv, bo, b1, b2, LayerNorm biases attn_norm_b/ffn_norm_b/final_norm_b and
+        position_embedding (seq_len, D); the classifier is the token embedding."""
+        def f32(value):
+            return np.ascontiguousarray(value, dtype=np.float32)
+
+        layers = [
+            LayerWeights(
+                attn_norm=f32(weights["attn_norm"][l]), attn_norm_b=f32(weights["attn_norm_b"][l]),
+                wqkv=kernels.pack_linear(np.concatenate([weights[n][l] for n in ("wq", "wk", "wv")])),
+                bqkv=f32(np.concatenate([weights[n][l] for n in ("bq", "bk", "bv")])),
+                q_norm=np.zeros(0, np.float32), k_norm=np.zeros(0, np.float32),
+                wo=kernels.pack_linear(weights["wo"][l]), bo=f32(weights["bo"][l]),
+                ffn_norm=f32(weights["ffn_norm"][l]), ffn_norm_b=f32(weights["ffn_norm_b"][l]),
+                w13=kernels.pack_linear(weights["w1"][l]), b13=f32(weights["b1"][l]),
+                w2=kernels.pack_linear(weights["w2"][l]), b2=f32(weights["b2"][l]))
+            for l in range(config.n_layers)
+        ]
+        return cls(config, weights["token_embedding"], layers, f32(weights["final_norm"]),
+                   weights["token_embedding"], name, position_embedding=f32(weights["position_embedding"]),
+                   final_norm_b=f32(weights["final_norm_b"]))
+
     def new_cache(self, slots: int | None = None) -> KVCache:
         """An empty cache; by default as long as the model's sequence length."""
         return KVCache(self.config, slots or self.config.seq_len)
@@ -210,10 +246,16 @@ class Model:
 
     # -- the three steps of a forward pass ---------------------------------------------------
 
-    def embed(self, tokens: np.ndarray) -> np.ndarray:
-        """Residual stream (n, dim) for the given token ids."""
+    def embed(self, tokens: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
+        """Residual stream (n, dim) for the given token ids (plus the learned position
+        embedding of their positions, for a model that has one: GPT-2)."""
         # a plain view, so a memory-mapped checkpoint's rows skip np.memmap's indexing overhead
-        return np.asarray(self.token_embedding)[tokens].astype(np.float32, copy=True)
+        hidden = np.asarray(self.token_embedding)[tokens].astype(np.float32, copy=True)
+        if self.position_embedding is not None:
+            if positions is None:
+                raise ValueError(f"{self.name}: embedding needs the positions (learned position embedding)")
+            hidden += self.position_embedding[np.asarray(positions)]
+        return hidden
 
     def run_layers(self, hidden: np.ndarray, positions: np.ndarray, cache: KVCache,
                    mask: np.ndarray | None = None, start: int = 0, stop: int | None = None,
@@ -230,11 +272,16 @@ class Model:
         tapped = {}
         for l in range(start, stop):
             w = self.layers[l]
-            kernels.transformer_layer(
-                hidden, positions, base, mask, self.rope_cos, self.rope_sin, self.eps,
-                self.config.n_heads, self.config.n_kv_heads, self.config.head_dim,
-                w.attn_norm, w.wqkv, w.bqkv, w.q_norm, w.k_norm, w.wo, w.ffn_norm, w.w13, w.w2,
-                cache.k_t[l], cache.v[l])
+            if self.config.arch == "gpt2":
+                kernels.gpt2_layer(hidden, base, mask, self.eps, self.config.n_heads, w.attn_norm, w.attn_norm_b,
+                                   w.wqkv, w.bqkv, w.wo, w.bo, w.ffn_norm, w.ffn_norm_b, w.w13, w.b13, w.w2, w.b2,
+                                   cache.k_t[l], cache.v[l])
+            else:
+                kernels.transformer_layer(
+                    hidden, positions, base, mask, self.rope_cos, self.rope_sin, self.eps,
+                    self.config.n_heads, self.config.n_kv_heads, self.config.head_dim,
+                    w.attn_norm, w.wqkv, w.bqkv, w.q_norm, w.k_norm, w.wo, w.ffn_norm, w.w13, w.w2,
+                    cache.k_t[l], cache.v[l])
             if l + 1 in taps:
                 tapped[l + 1] = hidden.copy()
         return tapped
@@ -242,7 +289,10 @@ class Model:
     def head(self, hidden: np.ndarray) -> np.ndarray:
         """Logits (n, vocab) from the residual stream: final norm, then classifier."""
         normed = np.empty_like(hidden)
-        kernels.rmsnorm(hidden, self.final_norm, self.eps, normed)
+        if self.final_norm_b is not None:
+            kernels.layernorm(hidden, self.final_norm, self.final_norm_b, self.eps, normed)
+        else:
+            kernels.rmsnorm(hidden, self.final_norm, self.eps, normed)
         logits = np.empty((hidden.shape[0], self.classifier.shape[0] * kernels.TILE), np.float32)
         kernels.matmul(normed, self.classifier, logits)
         return logits[:, :self.config.vocab_size]
@@ -264,7 +314,7 @@ class Model:
         tokens = np.asarray(tokens, dtype=np.int64)
         positions = np.asarray(positions, dtype=np.int64)
         self.check_tokens(tokens, positions)
-        hidden = self.embed(tokens)
+        hidden = self.embed(tokens, positions)
         self.run_layers(hidden, positions, cache, mask)
         if commit:
             cache.commit(len(tokens))

@@ -43,6 +43,12 @@ def random_weights(config: ModelConfig, seed: int = 0, logit_scale: float = 4.0)
     if c.qk_norm:
         weights.update(q_norm=(1 + 0.2 * rng.standard_normal((L, HD))).astype(np.float32),
                        k_norm=(1 + 0.2 * rng.standard_normal((L, HD))).astype(np.float32))
+    if c.arch == "gpt2":  # no gate; biases everywhere; LayerNorm biases; learned positions
+        del weights["w3"]
+        weights.update(bq=normal(L, Q, fan_in=4), bk=normal(L, KV, fan_in=4), bv=normal(L, KV, fan_in=4),
+                       bo=normal(L, D, fan_in=4), b1=normal(L, H, fan_in=4), b2=normal(L, D, fan_in=4),
+                       attn_norm_b=normal(L, D, fan_in=100), ffn_norm_b=normal(L, D, fan_in=100),
+                       final_norm_b=normal(D, fan_in=100), position_embedding=normal(c.seq_len, D, fan_in=4))
     return weights
 
 
@@ -50,7 +56,7 @@ def random_model(config: ModelConfig, seed: int = 0) -> Model:
     return Model.from_dense(config, random_weights(config, seed), name=f"random-{seed}")
 
 
-ARCHITECTURES = ("llama", "qwen2", "qwen3")  # the block variants the kernels implement (see ModelConfig)
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "gpt2")  # the block variants the kernels implement (see ModelConfig)
 
 
 def tiny_configs(arch: str = "llama"):
@@ -67,13 +73,15 @@ def tiny_configs(arch: str = "llama"):
         extra = {}
         if arch == "qwen2":
             extra = dict(qkv_bias=True)
+        elif arch == "gpt2":
+            n_kv_heads = n_heads
         elif arch == "qwen3":
             dim = draw(st.integers(4, 40))
             extra = dict(qk_norm=True, head_size=head_dim if head_dim * n_heads != dim else None)
         return ModelConfig(dim=dim, hidden_dim=draw(st.integers(3, 70)),
                            n_layers=draw(st.integers(1, 3)), n_heads=n_heads, n_kv_heads=n_kv_heads,
                            vocab_size=draw(st.integers(5, 90)), seq_len=draw(st.integers(24, 80)),
-                           shared_classifier=draw(st.booleans()), arch=arch, **extra)
+                           shared_classifier=arch == "gpt2" or draw(st.booleans()), arch=arch, **extra)
 
     return configs()
 

@@ -106,7 +106,7 @@ def target_pass(target, tree: TokenTree, base: int, cache, proposal: Proposal) -
     if proposal.split_layer is None:
         return target.hidden_states(tokens, positions, cache, mask, commit=False)
     target.check_tokens(tokens, positions)
-    hidden = target.embed(tokens)
+    hidden = target.embed(tokens, positions)
     target.run_layers(hidden, positions, cache, mask, stop=proposal.split_layer)
     proposal.on_split(hidden.copy())
     target.run_layers(hidden, positions, cache, mask, start=proposal.split_layer)

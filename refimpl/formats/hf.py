@@ -1,6 +1,6 @@
 """Hugging Face checkpoint directories: config.json + model.safetensors (or a sharded
-model.safetensors.index.json): Llama, Mistral, Qwen2 (q/k/v biases) and Qwen3 (per-head
-q/k RMSNorm, head_dim independent of hidden_size).
+model.safetensors.index.json): Llama, Mistral, Qwen2 (q/k/v biases), Qwen3 (per-head
+q/k RMSNorm, head_dim independent of hidden_size), and GPT-2 (refimpl.formats.gpt2).
 
 Tensors in F32, F16 or BF16 are read memory-mapped and used as float32. HF stores
 q_proj/k_proj rows in the "rotate-half" RoPE layout (dimension k of a head
@@ -36,7 +36,7 @@ ARCHITECTURES = {
     "qwen2": {"qkv_bias": True},
     "qwen3": {"qk_norm": True},
 }
-MODEL_TYPES = tuple(ARCHITECTURES)
+MODEL_TYPES = tuple(ARCHITECTURES) + ("gpt2",)  # gpt2: refimpl.formats.gpt2
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 
@@ -122,6 +122,10 @@ def read_hf_config(folder: Path) -> ModelConfig:
             raise InputError(f"{where}: {key} {value!r} is not an integer")
         return value
 
+    if model_type == "gpt2":
+        from refimpl.formats.gpt2 import read_gpt2_config
+
+        return read_gpt2_config(raw, where, _special_ids(folder, raw))
     arch = ARCHITECTURES[model_type]
     dim, n_heads = integer("hidden_size"), integer("num_attention_heads")
     head_dim = raw.get("head_dim")
@@ -240,6 +244,10 @@ def read_hf(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
     folder = Path(path)
     config = read_hf_config(folder)
     tensors = _open_tensors(folder)
+    if config.arch == "gpt2":
+        from refimpl.formats.gpt2 import read_gpt2_weights
+
+        return config, read_gpt2_weights(folder, config, _read_json(folder / "config.json"), tensors, to_float32)
     names = hf_names(config)
     ignored = {"lm_head.weight"} if config.shared_classifier else set()
     unexpected = sorted(n for n in tensors if n not in names and n not in ignored
@@ -299,6 +307,8 @@ def hf_config_dict(config: ModelConfig) -> dict:
 
 def write_hf(path: str | os.PathLike, config: ModelConfig, weights: dict, dtype: str = "F32") -> None:
     """Write an HF Llama directory: config.json, generation_config.json, model.safetensors."""
+    if config.arch == "gpt2":
+        raise InputError(f"{path}: writing GPT-2 checkpoints is not supported")
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {}

@@ -4,6 +4,8 @@ import numpy as np
 
 
 def reference_logits(config, weights, tokens):
+    if config.arch == "gpt2":
+        return gpt2_reference_logits(config, weights, tokens)
     c = config
     hd = c.head_dim
     x = weights["token_embedding"][tokens].astype(np.float64)
@@ -47,3 +49,28 @@ def reference_logits(config, weights, tokens):
         x = x + (gate / (1 + np.exp(-gate)) * up) @ weights["w2"][l].T
     classifier = weights.get("classifier", weights["token_embedding"])
     return norm(x, weights["final_norm"]) @ classifier.T
+
+
+def gpt2_reference_logits(config, weights, tokens):
+    """GPT-2: LayerNorm with bias, learned positions, no RoPE, biased projections, tanh GELU."""
+    c, n = config, len(tokens)
+    hd = c.head_dim
+    x = weights["token_embedding"][tokens].astype(np.float64) + weights["position_embedding"][:n]
+
+    def norm(v, w, b):
+        mean = v.mean(-1, keepdims=True)
+        return w * (v - mean) / np.sqrt(((v - mean) ** 2).mean(-1, keepdims=True) + c.norm_eps) + b
+
+    for l in range(c.n_layers):
+        h = norm(x, weights["attn_norm"][l], weights["attn_norm_b"][l])
+        q, k, v = ((h @ weights["w" + p][l].T + weights["b" + p][l]).reshape(n, c.n_heads, hd) for p in "qkv")
+        scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd)
+        scores = np.where(np.tri(n, dtype=bool)[None], scores, -np.inf)
+        p = np.exp(scores - scores.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        x = x + np.einsum("hqk,khd->qhd", p, v).reshape(n, c.dim) @ weights["wo"][l].T + weights["bo"][l]
+        h = norm(x, weights["ffn_norm"][l], weights["ffn_norm_b"][l])
+        u = h @ weights["w1"][l].T + weights["b1"][l]
+        gelu = 0.5 * u * (1 + np.tanh(np.sqrt(2 / np.pi) * (u + 0.044715 * u ** 3)))
+        x = x + gelu @ weights["w2"][l].T + weights["b2"][l]
+    return norm(x, weights["final_norm"], weights["final_norm_b"]) @ weights["token_embedding"].T

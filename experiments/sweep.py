@@ -11,6 +11,7 @@ they travel to other processes by name.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -51,8 +52,8 @@ class LocalPool(Pool):
                     results[i] = function(point)
                     bar.update()
                 return results
-            if self.executor is None:
-                self.executor = ProcessPoolExecutor(self.workers)
+            if self.executor is None:   # spawned, not forked: this process may run numba's OpenMP threads
+                self.executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
             futures = {self.executor.submit(function, point): i for i, point in enumerate(points)}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()

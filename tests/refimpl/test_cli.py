@@ -11,8 +11,9 @@ from mirrorstream.cli import main
 
 
 @pytest.fixture(autouse=True)
-def models_env(monkeypatch):
-    checkpoint_file("stories15M/stories15M.bin")
+def models_env(request, monkeypatch):
+    if request.node.get_closest_marker("needs_no_checkpoint") is None:
+        checkpoint_file("stories15M/stories15M.bin")
     monkeypatch.setenv("MIRRORSTREAM_MODELS", str(checkpoints_dir()))
 
 
@@ -72,6 +73,7 @@ def test_bad_input_is_one_line_and_exit_2(capsys, args, needle):
     assert needle in err and err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.needs_no_checkpoint
 def test_console_script_exit_status_and_no_traceback(tmp_path):
     bad = tmp_path / "bad.bin"
     bad.write_bytes(b"\x00" * 100)

@@ -307,6 +307,8 @@ def check_params(target, draft, prompt_ids, gamma: int, exit_layer: int, kappa: 
                          f"the target's {vocab}")
     if gamma < 1:
         raise InputError(f"--gamma {gamma}: must be >= 1")
+    if gamma >= target.config.seq_len:   # the branches' rows grow with gamma: refuse before building any
+        raise InputError(f"--gamma {gamma}: must be below the model's sequence length {target.config.seq_len}")
     if not 1 <= exit_layer <= n_layers - 1:
         raise InputError(f"--exit-layer {exit_layer}: must be between 1 and {n_layers - 1} "
                          f"(the target has {n_layers} layers)")

@@ -202,7 +202,8 @@ def test_bad_input_is_one_clear_error():
     cases = [(dict(draft=None), "needs a draft"), (dict(draft=other_vocab), "vocabulary"),
              (dict(draft=target, gamma=0), "--gamma 0"), (dict(draft=target, exit_layer=0), "--exit-layer 0"),
              (dict(draft=target, exit_layer=4), "--exit-layer 4"), (dict(draft=target, kappa=0), "--kappa 0"),
-             (dict(draft=target, kappa=65), "--kappa 65"), (dict(draft=target, max_branches=-1), "--max-branches")]
+             (dict(draft=target, kappa=65), "--kappa 65"), (dict(draft=target, max_branches=-1), "--max-branches"),
+             (dict(draft=target, gamma=10**9), "--gamma 1000000000")]   # refused at once, not after building rows
     for params, words in cases:
         with pytest.raises(InputError, match=words):
             mirror(target, [1, 2, 3], s, 10, **params)

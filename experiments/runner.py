@@ -52,6 +52,21 @@ class Context:
     quick: bool
     pool: Pool
 
+    def figure(self, size=(6, 3.6)):
+        """A new matplotlib (figure, axes), drawn off-screen; hand it back to `save`."""
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        return plt.subplots(figsize=size)
+
+    def save(self, fig, name: str) -> str:
+        """Write the figure as OUT/name (PNG) and close it; returns the name, for Section.figures."""
+        import matplotlib.pyplot as plt
+        fig.tight_layout()
+        fig.savefig(self.out / name, dpi=110)
+        plt.close(fig)
+        return name
+
     def map(self, function, points, label: str = ""):
         """[function(p) for p in points], in parallel; `function` must be a module-level function."""
         return self.pool.map(function, list(points), label)

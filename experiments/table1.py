@@ -29,11 +29,7 @@ def predict_cell(point: tuple) -> list[dict]:
 
 
 def _figure(ctx, results: dict) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4.2))
+    fig, ax = ctx.figure((5, 4.2))
     for (temperature, target), cells in results.items():
         marker = "o" if target.endswith("14b") else "s"
         colour = "tab:blue" if temperature == 0 else "tab:orange"
@@ -47,11 +43,7 @@ def _figure(ctx, results: dict) -> str:
     ax.set_xlabel("published Mirror-SD speedup")
     ax.set_ylabel("predicted (bars: Ω_8 from 0.24 to 0.78)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    name = "table1_predicted_vs_published.png"
-    fig.savefig(ctx.out / name, dpi=110)
-    plt.close(fig)
-    return name
+    return ctx.save(fig, "table1_predicted_vs_published.png")
 
 
 def run(ctx):

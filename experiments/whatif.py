@@ -154,12 +154,8 @@ def uncertainty_point(prompts: int) -> dict:
 
 
 def _figure(ctx, study: str, xs, values: dict) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     label = STUDIES[study][0]
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = ctx.figure()
     positions = list(range(len(xs))) if isinstance(xs[0], str) else xs
     for scenario, style in zip(SCENARIOS, ("-", "--")):
         for method, colour in zip(METHODS, ("tab:gray", "tab:blue", "tab:orange")):
@@ -176,11 +172,7 @@ def _figure(ctx, study: str, xs, values: dict) -> str:
     ax.set_xlabel(label)
     ax.set_ylabel("speedup over ar")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    name = f"whatif_{study}.png"
-    fig.savefig(ctx.out / name, dpi=110)
-    plt.close(fig)
-    return name
+    return ctx.save(fig, f"whatif_{study}.png")
 
 
 def _table(study: str, xs, values: dict) -> str:
@@ -202,22 +194,14 @@ def _serving_table(rates, served) -> str:
 
 
 def _serving_figure(ctx, rates, served) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = ctx.figure()
     for method in SERVED:
         ax.plot(rates, [r[method]["p50_latency_s"] for r in served], marker="o", label=method)
     ax.set_xscale("log")
     ax.set_xlabel("arrival rate (requests/s)")
     ax.set_ylabel("median request latency (s)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    name = "whatif_serving.png"
-    fig.savefig(ctx.out / name, dpi=110)
-    plt.close(fig)
-    return name
+    return ctx.save(fig, "whatif_serving.png")
 
 
 def _bars_table(bars: dict) -> str:

@@ -371,6 +371,16 @@ class Adam:
             self.m[k], self.v[k] = state[f"m.{k}"], state[f"v.{k}"]
         self.step_count = int(state["step"])
 
+    def checkpoint(self, params: dict) -> dict:
+        """The parameters and the optimiser's moments, as one dict of arrays (the resume file)."""
+        return {**{f"param.{k}": v.copy() for k, v in params.items()}, **self.state()}
+
+    def resume(self, params: dict, state: dict) -> None:
+        """Put `checkpoint`'s parameters back into `params` (in place) and its moments here."""
+        for k in params:
+            params[k] = state[f"param.{k}"].astype(np.float32)
+        self.load(state)
+
 
 # -- data ------------------------------------------------------------------------------------
 
@@ -469,9 +479,7 @@ def train_streams(model, sequences: list[list[int]], settings: TrainSettings, st
         params["init_up"] = np.zeros((settings.gamma, settings.eta, dim), np.float32)
     adam = Adam(params, settings.lr, settings.clip)
     if state is not None:
-        for k in params:
-            params[k] = state[f"param.{k}"].astype(np.float32)
-        adam.load(state)
+        adam.resume(params, state)
     metrics = {}
     consts_cache: dict[int, Constants] = {}
     for step in range(adam.step_count, settings.steps):
@@ -496,7 +504,7 @@ def train_streams(model, sequences: list[list[int]], settings: TrainSettings, st
             progress(step + 1, f"loss {s_loss / (ALPHA * settings.gamma):.3f} acc "
                                + "/".join(f"{a:.2f}" for a in s_acc) + f" prune {p_acc:.2f}")
         if save_state and ((step + 1) % every == 0 or step + 1 == settings.steps):
-            save_state({**{f"param.{k}": v.copy() for k, v in params.items()}, **adam.state()})
+            save_state(adam.checkpoint(params))
     streams = Streams(params["embeddings"], settings.n_layers, params["prune_down"], params["prune_up"],
                       model_identity(model), training_vocabulary(sequences), params.get("init_down"),
                       params.get("init_up"))
@@ -518,9 +526,7 @@ def train_medusa(model, sequences: list[list[int]], settings: TrainSettings, sta
               "biases": np.zeros((settings.gamma, dim), np.float32)}
     adam = Adam(params, settings.lr, settings.clip)
     if state is not None:
-        for k in params:
-            params[k] = state[f"param.{k}"].astype(np.float32)
-        adam.load(state)
+        adam.resume(params, state)
     metrics = {}
     for step in range(adam.step_count, settings.steps):
         index = batches(len(sequences), settings.batch, settings.seed, step)
@@ -532,7 +538,7 @@ def train_medusa(model, sequences: list[list[int]], settings: TrainSettings, sta
         if progress:
             progress(step + 1, f"loss {loss / (ALPHA * settings.gamma):.3f} acc " + "/".join(f"{a:.2f}" for a in acc))
         if save_state and ((step + 1) % every == 0 or step + 1 == settings.steps):
-            save_state({**{f"param.{k}": v.copy() for k, v in params.items()}, **adam.state()})
+            save_state(adam.checkpoint(params))
     return (params["weights"], params["biases"]), metrics
 
 

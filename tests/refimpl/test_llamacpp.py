@@ -86,6 +86,9 @@ def test_its_tokenizer_of_our_vocabulary_gives_our_ids(pair):
     for text, ids in zip(PROMPTS + ["  two  spaces\nand \u00e9 \u65e5\u672c"], pair.prompts + [None]):
         ids = ids or [BOS_ID] + pair.tokenizer.encode(text)
         assert pair.llm.tokenize(text.encode("utf-8"), add_bos=True) == ids, text
+    # BOS and EOS carry SentencePiece's spelling (a llama2.c tokenizer.bin has "\n<s>\n")
+    assert pair.llm.tokenize(b"<s>Once", add_bos=False, special=True)[0] == BOS_ID
+    assert pair.llm.detokenize([BOS_ID, 2], special=True) == b"<s></s>"
 
 
 def test_logits_agree_to_fp32_rounding_at_every_position(pair):

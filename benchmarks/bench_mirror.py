@@ -1,7 +1,7 @@
 """Mirror-SD on stories15M: early-exit coverage, fallback and acceptance, and the measured overlap.
 
     python benchmarks/bench_mirror.py [--quick] [--model PATH] [--prompts 6] [--new-tokens 96]
-        [--repeats 3] [--threads 2] [--timing K,GAMMA,KAPPA,EXIT] [--json FILE]
+        [--repeats 3] [--threads 2] [--timing K,GAMMA,KAPPA,EXIT] [--draft-streams FILE] [--json FILE]
 
 Three tables (greedy decoding; every output is checked equal to ar's, a mismatch aborts):
 
@@ -37,6 +37,7 @@ from tabulate import tabulate
 from refimpl.checkpoints import find_tokenizer, load_model
 from refimpl.decoding import METHODS, generate
 from refimpl.sampling import SamplingSettings
+from refimpl.streams import load_streams
 from refimpl.tokenizer import BOS_ID, load_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,6 +123,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="numba threads (default 2; --overlap needs 2)")
     ap.add_argument("--timing", default="1,3,1,3", metavar="K,GAMMA,KAPPA,EXIT",
                     help="the timed configuration: draft layers, gamma, kappa, exit layer (default 1,3,1,3)")
+    ap.add_argument("--draft-streams", metavar="FILE",
+                    help="also time the timed configuration with these streams on its draft (trained with "
+                         "train-streams --layers K for the K of --timing)")
     ap.add_argument("--json", metavar="FILE", help="also write the tables as JSON")
     args = ap.parse_args(argv)
     if args.quick:
@@ -160,6 +164,10 @@ def main(argv=None) -> int:
              (f"sd {k}L, 1 thread", "sd", dict(draft=draft, gamma=gamma), 1),
              ("mirror", "mirror", mirror, None), ("mirror, 1 thread", "mirror", mirror, 1),
              ("mirror --overlap", "mirror", dict(mirror, overlap=True), None)]
+    if args.draft_streams:
+        streaming = dict(mirror, draft_streams=load_streams(args.draft_streams, draft))
+        timed += [("mirror streams", "mirror", streaming, None), ("mirror streams, 1 thread", "mirror", streaming, 1),
+                  ("mirror streams --overlap", "mirror", dict(streaming, overlap=True), None)]
     best, best_records = {}, {}
     for _ in range(args.repeats):                     # interleaved: each repeat runs them all side by side
         for label, method, params, threads in timed:
@@ -190,6 +198,10 @@ def main(argv=None) -> int:
     print(tabulate(time_rows, headers="keys"))
     print(f"overlap speedup over the same configuration without it (the faster of {args.threads} threads and 1): "
           f"{serial / overlap:.2f}x")
+    if args.draft_streams:
+        streamed = min(best["mirror streams"][0], best["mirror streams, 1 thread"][0])
+        print(f"with the streaming draft: overlap speedup {streamed / best['mirror streams --overlap'][0]:.2f}x; "
+              f"streams vs plain draft (no overlap) {serial / streamed:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps({"coverage": cover_rows, "configs": stat_rows, "timing": time_rows,
                                                "overlap_speedup": serial / overlap}, indent=1))

@@ -55,6 +55,9 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kappa", type=int, default=8, help="mirror: early-exit candidates per window position (default 8)")
     g.add_argument("--max-branches", type=int, metavar="B",
                    help="mirror: branch rollouts per step at most, the likeliest kept (default all: kappa*(gamma+1))")
+    g.add_argument("--draft-streams", metavar="FILE",
+                   help="mirror: speculative streams trained for the draft (train-streams, with --layers K for "
+                        "a cut draft): each draft pass emits several tokens")
     g.add_argument("--overlap", action="store_true",
                    help="mirror: run the draft's rollouts on a second thread beside the target's last layers")
     g.add_argument("--streams", metavar="FILE",
@@ -86,6 +89,11 @@ def method_params(args, model) -> tuple[dict, dict, object]:
         else:
             params = dict(gamma=gamma, tree_k=1 if args.tree_k is None else args.tree_k, verify=args.verify)
         header = dict(params, draft_layers=args.draft_layers) if args.draft_layers else dict(params)
+        if args.method == "mirror" and args.draft_streams:
+            from refimpl.streams import load_streams
+
+            header["draft_streams"] = args.draft_streams
+            return dict(params, draft=draft, draft_streams=load_streams(args.draft_streams, draft)), header, draft
         return dict(params, draft=draft), header, draft
     if args.method == "lookup":
         params = dict(gamma=4 if args.gamma is None else args.gamma, ngram=args.ngram)

@@ -236,6 +236,7 @@ class Model:
         draft.config = replace(self.config, n_layers=k)
         draft.layers = self.layers[:k]
         draft.name = f"{self.name}[:{k}]"
+        draft.__dict__.pop("_identity", None)      # a cut model has an identity of its own
         return draft
 
     def weight_bytes(self) -> int:

@@ -23,11 +23,14 @@ def register(subparsers) -> None:
     p.add_argument("--eta", type=int, default=16,
                    help="rank of the low-rank stream initialisation f_eta on stream rows (Eq. 3; 0: identity, "
                         "the stream embeddings alone; default 16)")
+    p.add_argument("--layers", type=int, metavar="K",
+                   help="train for the model's first K layers, the cut draft of `generate --method mirror "
+                        "--draft-layers K --draft-streams OUT` (the full model still writes the training text)")
     p.set_defaults(func=run_train, kind="streams")
     h = subparsers.add_parser("train-heads", help="train Medusa-1 heads for a checkpoint (CPU, minutes)",
                               description="Train Medusa-1 heads (a residual block each, the shared classifier).")
     add_options(h, "heads")
-    h.set_defaults(func=run_train, kind="heads", stream_layers=1, eta=0)
+    h.set_defaults(func=run_train, kind="heads", stream_layers=1, eta=0, layers=None)
 
 
 def add_options(p, what: str) -> None:
@@ -73,8 +76,12 @@ def run_train(args) -> int:
     set_threads(args.threads)
     path = resolve_model(args.model)
     model = load_model(path)
-    if args.kind == "streams" and not 1 <= args.stream_layers < model.config.n_layers:
-        raise InputError(f"--stream-layers {args.stream_layers}: must be between 1 and {model.config.n_layers - 1}")
+    if args.layers is not None and not 1 < args.layers <= model.config.n_layers:
+        raise InputError(f"--layers {args.layers}: must be between 2 and the model's {model.config.n_layers} layers")
+    trained = model if args.layers is None else model.first_layers(args.layers)   # --layers: a cut draft
+    if args.kind == "streams" and not 1 <= args.stream_layers < trained.config.n_layers:
+        raise InputError(f"--stream-layers {args.stream_layers}: must be between 1 and "
+                         f"{trained.config.n_layers - 1}" + (f" (--layers {args.layers})" if args.layers else ""))
     if args.seq_len > model.config.seq_len:
         raise InputError(f"--seq-len {args.seq_len}: the model's sequence length is {model.config.seq_len}")
     settings = TrainSettings(gamma=args.gamma, n_layers=args.stream_layers, steps=args.steps, lr=args.lr,
@@ -108,9 +115,9 @@ def run_train(args) -> int:
         np.savez(state_path(args.out), **params_and_moments, **data)
 
     trainer = train_streams if args.kind == "streams" else train_medusa
-    result, metrics = trainer(model, sequences, settings, state, Progress(args.steps), save_state)
+    result, metrics = trainer(trained, sequences, settings, state, Progress(args.steps), save_state)
     config = dict(settings_dict(settings), data=args.data or f"self-distilled:{args.sequences}", metrics=metrics,
-                  model=path.name)
+                  model=path.name if args.layers is None else f"{path.name}[:{args.layers}]")
     if args.kind == "streams":
         from refimpl.streams import save_streams
 

@@ -13,7 +13,11 @@ One step, for a window of the pending token w0 and the draft's chain w1..wg
    The branches hang off the window chain in one `TokenTree`, and each draft
    step is one tree-masked pass over it (the window's rows and every branch;
    logits only for the branches' newest rows). `max_branches` keeps the
-   candidates of highest early-exit log-probability;
+   candidates of highest early-exit log-probability. With speculative streams
+   trained for the draft (`draft_streams`, refimpl.streams) each pass emits
+   1 + len(streams) tokens per branch (the main stream's top-1, then each
+   stream's), so a rollout takes ceil(gamma / (1 + len(streams))) passes; stream
+   rows ride along in the pass and never enter the draft's cache;
 3. exact-match verification against the target's own tokens (greedy or
    position-keyed sampling) gives the accepted length A and the target's token c
    after it (correction, or bonus at A = g). If the branch (A, c) was rolled out,
@@ -46,7 +50,9 @@ import numpy as np
 from refimpl.decoding.common import STOP_IDS, token_budget
 from refimpl.decoding.speculative import Proposal, speculative_decode
 from refimpl.errors import InputError
+from refimpl.model import causal_mask
 from refimpl.sampling import SamplingSettings
+from refimpl.streams import run_with_streams
 from refimpl.trees import TokenTree
 from refimpl.verify import MATCH, top_children
 
@@ -91,13 +97,18 @@ def select_branches(candidates: list[Candidates], limit: int) -> list[Branch]:
 
 class DraftState:
     """The draft model and its KV cache: `tokens` committed, and the tokens of the rows
-    its last pass left in place after them (`pending`), which `sync` commits for free."""
+    its last pass left in place after them (`pending`), which `sync` commits for free.
 
-    def __init__(self, model):
-        self.model = model
+    With `streams` (refimpl.streams, trained for the draft) one draft pass emits
+    1 + len(streams) tokens after a row: the main stream's and each stream's top-1
+    (`per_pass`); otherwise one."""
+
+    def __init__(self, model, streams=None):
+        self.model, self.streams = model, streams
         self.cache = model.new_cache()
         self.tokens: list[int] = []
         self.pending: list[int] = []
+        self.per_pass = 1 + (streams.gamma if streams is not None else 0)
 
     def sync(self, prefix: list[int]) -> int:
         """Make the committed tokens exactly `prefix`; returns the rows run to get there."""
@@ -122,35 +133,59 @@ class DraftState:
             self.tokens += rest
         return len(rest)
 
+    def predict(self, tokens, positions, mask, nodes: list[int], commit: bool) -> list[list[int]]:
+        """One draft pass over `tokens` (rows after the committed cache, ancestor `mask`,
+        None: causal); for each row in `nodes`, the tokens it predicts next: the main
+        stream's top-1, then with streams each stream's (stream j: j + 1 tokens further).
+        Stream rows go after the pass's rows in the cache, never committed; where they
+        would not fit, the pass runs without them."""
+        model, streams = self.model, self.streams
+        tokens = np.asarray(tokens, dtype=np.int64)
+        positions = np.asarray(positions, dtype=np.int64)
+        if streams is None or self.cache.length + len(tokens) + len(nodes) * streams.gamma > self.cache.capacity:
+            hidden = model.hidden_states(tokens, positions, self.cache, mask, commit)
+            return [[top_children(row, 1)[0]] for row in model.head(hidden[nodes])]
+        model.check_tokens(tokens, positions)
+        hidden = model.embed(tokens, positions)
+        mask = causal_mask(len(tokens)) if mask is None else mask
+        model.run_layers(hidden, positions, self.cache, mask, stop=streams.split(model))
+        hidden, stream_rows = run_with_streams(model, streams, hidden, positions, mask, self.cache, nodes)
+        if commit:
+            self.cache.commit(len(tokens))
+        return [[top_children(row, 1)[0]] + [top_children(s, 1)[0] for s in streams.logits(model, rows)]
+                for row, rows in zip(model.head(hidden[nodes]), stream_rows)]
+
     def chain(self, root: int, depth: int) -> list[int]:
-        """The draft's greedy chain of `depth` tokens after `root` (at position len(tokens)):
-        one one-row pass per token; the rows stay in place, uncommitted."""
+        """The draft's chain of `depth` tokens after `root` (at position len(tokens)): one pass
+        per `per_pass` tokens, each over the tokens the last one emitted; the rows stay in
+        place, uncommitted."""
         start = len(self.tokens)
-        chain = [root]
-        for k in range(depth):
-            logits = self.model.forward([chain[-1]], [start + k], self.cache)[0]
-            chain.append(top_children(logits, 1)[0])
+        chain, fed = [root], 0
+        while len(chain) - 1 < depth:
+            new = chain[fed:]
+            chain += self.predict(new, np.arange(start + fed, start + len(chain)), None, [len(new) - 1],
+                                  commit=True)[0]
+            fed += len(new)
         self.cache.truncate(start)
-        self.pending = chain[:depth]
-        return chain
+        self.pending = chain[:fed]
+        return chain[:depth + 1]
 
     def rollout(self, window: list[int], branches: list[Branch], depth: int) -> list[int]:
-        """Continue every branch by `depth` greedy draft tokens, one tree-masked pass per
-        token over the window chain and all branches; returns the rows of each pass."""
+        """Continue every branch by `depth` draft tokens, one tree-masked pass over the
+        window chain and all branches per `per_pass` tokens; returns the rows of each pass."""
         base = len(self.tokens)
         tree = TokenTree.chain(window[0], window[1:])
         for branch in branches:
             branch.node = tree.add(branch.row, branch.tokens[0])
         rows = []
-        for _ in range(depth if branches else 0):
-            hidden = self.model.hidden_states(tree.token_array(), tree.positions(base), self.cache,
-                                              tree.ancestor_mask(), commit=False)
-            logits = self.model.head(hidden[[b.node for b in branches]])
-            for branch, row in zip(branches, logits):
-                token = top_children(row, 1)[0]
-                branch.tokens.append(token)
-                branch.node = tree.add(branch.node, token)
-            rows.append(len(hidden))
+        while branches and len(branches[0].tokens) <= depth:
+            rows.append(len(tree))
+            emitted = self.predict(tree.token_array(), tree.positions(base), tree.ancestor_mask(),
+                                   [b.node for b in branches], commit=False)
+            for branch, tokens in zip(branches, emitted):
+                for token in tokens[:depth + 1 - len(branch.tokens)]:
+                    branch.tokens.append(token)
+                    branch.node = tree.add(branch.node, token)
         if rows:
             self.pending = list(window)
         return rows
@@ -170,8 +205,8 @@ class MirrorProposer:
     next window after the verdict."""
 
     def __init__(self, target, draft, gamma: int, exit_layer: int, kappa: int, max_branches: int | None,
-                 overlap: bool):
-        self.target, self.draft = target, DraftState(draft)
+                 overlap: bool, draft_streams=None):
+        self.target, self.draft = target, DraftState(draft, draft_streams)
         self.gamma, self.exit_layer, self.kappa = gamma, exit_layer, kappa
         self.max_branches = kappa * (gamma + 1) if max_branches is None else max_branches
         self.limit = min(target.config.seq_len, draft.config.seq_len)
@@ -223,7 +258,7 @@ class MirrorProposer:
         elif token not in STOP_IDS:
             self.fresh(context)
         parts, self.clock = self.clock.parts, Clock()
-        return dict(draft_passes=len(rows), draft_tokens_per_pass=1 if rows else 0,
+        return dict(draft_passes=len(rows), draft_tokens_per_pass=self.draft.per_pass if rows else 0,
                     branches=len(self.branches) or None, coverage_hit=branch is not None, exit_hit=hit,
                     wall_parts={k: round(v, 7) for k, v in parts.items()})
 
@@ -258,7 +293,8 @@ class MirrorProposer:
         """The branches whose rollout stays inside the draft's positions and cache, best kept."""
         base = len(self.context) - 1
         inside = [b for b in branches if base + b.row + self.gamma < self.limit]
-        room = (self.draft.cache.capacity - base - len(self.window)) // max(self.gamma, 1)
+        per_branch = self.gamma + self.draft.per_pass - 1     # its rows and stream rows in the last pass
+        room = (self.draft.cache.capacity - base - len(self.window)) // max(per_branch, 1)
         if len(inside) > room:
             keep = sorted(range(len(inside)), key=lambda i: -inside[i].logprob)[:max(room, 0)]
             inside = [inside[i] for i in sorted(keep)]
@@ -297,7 +333,7 @@ def check_overlap() -> None:
 
 
 def check_params(target, draft, prompt_ids, gamma: int, exit_layer: int, kappa: int,
-                 max_branches: int | None) -> None:
+                 max_branches: int | None, draft_streams=None) -> None:
     """Raise InputError for a draft or setting mirror cannot work with."""
     n_layers, vocab = target.config.n_layers, target.config.vocab_size
     if draft is None:
@@ -316,20 +352,23 @@ def check_params(target, draft, prompt_ids, gamma: int, exit_layer: int, kappa: 
         raise InputError(f"--kappa {kappa}: must be between 1 and the vocabulary size {vocab}")
     if max_branches is not None and max_branches < 0:
         raise InputError(f"--max-branches {max_branches}: must be >= 0")
+    if draft_streams is not None:
+        draft_streams.check_for(draft, "--draft-streams")
     token_budget(target, prompt_ids, 0)
 
 
 def mirror(model, prompt_ids, settings: SamplingSettings, max_new_tokens: int, draft=None, gamma: int = 4,
            exit_layer: int | None = None, kappa: int = 8, max_branches: int | None = None,
-           overlap: bool = False, cache=None):
+           overlap: bool = False, draft_streams=None, cache=None):
     """Mirror speculative decoding; the step generator of refimpl.decoding. exit_layer
-    defaults to N/2 (the paper's), max_branches to all κ·(γ+1)."""
+    defaults to N/2 (the paper's), max_branches to all κ·(γ+1); draft_streams
+    (refimpl.streams.Streams trained for the draft) make each draft pass emit several tokens."""
     exit_layer = max(1, model.config.n_layers // 2) if exit_layer is None else exit_layer
-    check_params(model, draft, prompt_ids, gamma, exit_layer, kappa, max_branches)
+    check_params(model, draft, prompt_ids, gamma, exit_layer, kappa, max_branches, draft_streams)
     if overlap:
         check_overlap()
     token_budget(model, prompt_ids, max_new_tokens)
-    proposer = MirrorProposer(model, draft, gamma, exit_layer, kappa, max_branches, overlap)
+    proposer = MirrorProposer(model, draft, gamma, exit_layer, kappa, max_branches, overlap, draft_streams)
     return _closing(speculative_decode(model, prompt_ids, settings, max_new_tokens, proposer, MATCH, cache),
                     proposer)
 

@@ -14,6 +14,7 @@ from refimpl.decoding.speculative import Proposal, target_pass
 from refimpl.errors import InputError
 from refimpl.model import Model, ModelConfig
 from refimpl.sampling import SamplingSettings
+from refimpl.streams import deferred_streams, model_identity, random_streams
 from refimpl.testing import assert_same_as_ar, decode, random_model, random_weights
 from refimpl.trace import validate_record
 from refimpl.trees import TokenTree
@@ -57,6 +58,10 @@ def cases(draw):
     params = dict(gamma=draw(st.integers(1, 4)), exit_layer=draw(st.integers(1, config.n_layers - 1)),
                   kappa=draw(st.integers(1, config.vocab_size)),
                   max_branches=draw(st.sampled_from([None, None, 0, 1, 3])))
+    if draft.config.n_layers >= 2 and draw(st.booleans()):     # a streaming draft
+        params["draft_streams"] = random_streams(draft, draw(st.integers(1, 3)),
+                                                 draw(st.integers(1, draft.config.n_layers - 1)),
+                                                 seed=draw(st.integers(0, 2**16)), scale=draw(st.sampled_from([0.3, 3.0])))
     return target, draft, prompt, draw(settings_strategy), params
 
 
@@ -71,6 +76,9 @@ def test_mirror_gives_the_tokens_of_ar(case, max_new):
         if params["max_branches"] is not None:
             assert (record.branches or 0) <= params["max_branches"]
         assert not record.coverage_hit or record.exit_hit      # reuse needs a candidate
+        streams = params.get("draft_streams")
+        if record.draft_passes:
+            assert record.draft_tokens_per_pass == 1 + (streams.gamma if streams is not None else 0)
 
 
 @given(case=cases())
@@ -157,6 +165,68 @@ def test_a_branch_rollout_equals_a_fresh_draft_chain_from_its_context(layers):
         prefix = context + window[1:branch.row + 1]
         fresh.sync(prefix)
         assert branch.tokens == fresh.chain(branch.tokens[0], 3), branch
+
+
+def streams_chain_reference(draft, streams, context, root, depth):
+    """A streaming draft's chain, rebuilt from plain decoding and the ss machinery: each round
+    the draft commits the tokens so far one pass at a time, its own next token is the main
+    stream's, then the streams of that last node (refimpl.streams.deferred_streams, on the
+    committed cache) give one token each."""
+    chain = [root]
+    while len(chain) - 1 < depth:
+        cache = draft.new_cache()
+        tokens = context + chain
+        n = len(tokens)
+        draft.forward(tokens[:-1], np.arange(n - 1), cache)
+        hidden = draft.embed(np.array(tokens[-1:]))
+        draft.run_layers(hidden, np.array([n - 1]), cache, stop=streams.split(draft))
+        split = hidden.copy()
+        draft.run_layers(hidden, np.array([n - 1]), cache, start=streams.split(draft))
+        cache.commit(1)
+        chain.append(top_children(draft.head(hidden)[0], 1)[0])
+        rows = deferred_streams(draft, streams, split[0], n - 1, cache)
+        chain += [top_children(row, 1)[0] for row in streams.logits(draft, rows)]
+    return chain[:depth + 1]
+
+
+@pytest.mark.parametrize("n_streams,depth", [(1, 3), (2, 3), (3, 7)])
+def test_a_streaming_draft_emits_its_main_token_then_its_streams_tokens_each_pass(n_streams, depth):
+    """Chains and branch rollouts of a draft with streams: 1 + n_streams tokens per pass (so
+    ceil(depth / (1 + n_streams)) passes), each the main stream's top-1 then each stream's,
+    as rebuilt independently; a branch rollout equals a fresh chain from its context."""
+    target = untied(8)
+    draft = target.first_layers(3)
+    streams = random_streams(draft, n_streams, 2, seed=5, scale=2.0)
+    context = PROMPT + [30, 31]
+    state = DraftState(draft, streams)
+    state.sync(context[:-1])
+    assert state.chain(31, depth) == streams_chain_reference(draft, streams, context[:-1], 31, depth)
+    window = [31, 40, 41]
+    state.sync(context[:-1])
+    branches = select_branches(early_exit(target, np.random.default_rng(1).standard_normal((3, CONFIG.dim))
+                                          .astype(np.float32), 2), 6)
+    rows = state.rollout(window, branches, depth)
+    assert len(rows) == -(-depth // (1 + n_streams))
+    for branch in branches:
+        prefix = context + window[1:branch.row + 1]
+        assert branch.tokens == streams_chain_reference(draft, streams, prefix, branch.tokens[0], depth), branch
+    plain = DraftState(draft)
+    plain.sync(context[:-1])
+    assert plain.chain(31, depth)[:2] == state.chain(31, depth)[:2]     # the main stream's token is the same
+    assert plain.chain(31, depth) != streams_chain_reference(draft, streams, context[:-1], 31, depth)   # control
+
+
+def test_a_streaming_draft_refuses_streams_of_another_model():
+    target = untied(8)
+    streams = random_streams(target.first_layers(3), 2, 1)
+    streams.identity = model_identity(target.first_layers(3))
+    with pytest.raises(InputError, match="--draft-streams: trained for a model with n_layers=3"):
+        mirror(target, PROMPT, SamplingSettings(), 10, draft=target.first_layers(2), draft_streams=streams)
+    with pytest.raises(InputError, match="--draft-streams: trained for another model"):
+        mirror(target, PROMPT, SamplingSettings(), 10, draft=untied(9).first_layers(3), draft_streams=streams)
+    gen = assert_same_as_ar(mirror, target, PROMPT, SamplingSettings(), 30, draft=target.first_layers(3),
+                            draft_streams=streams, gamma=3, exit_layer=2, kappa=3)
+    assert all(r.draft_tokens_per_pass == 3 and r.draft_passes == 1 for r in decode_steps(gen))
 
 
 def test_a_draft_equal_to_the_target_with_every_candidate_always_reuses():

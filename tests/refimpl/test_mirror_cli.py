@@ -44,6 +44,25 @@ def test_overlap_gives_the_tokens_of_ar_on_stories15m(capsys):
     assert tokens_of(capsys, *prompt, *MIRROR, "--overlap") == tokens_of(capsys, *prompt)
 
 
+def test_a_streaming_draft_gives_the_tokens_of_ar_in_fewer_draft_passes_on_stories15m(capsys, tmp_path):
+    """stories15M as its own draft with its shipped streams (3 streams): 4 draft tokens per
+    pass, so a gamma-4 rollout takes 1 pass instead of 4; the output is ar's."""
+    from refimpl.streams import shipped
+    from refimpl.checkpoints import load_model
+
+    streams = str(shipped(load_model(checkpoint_file("stories15M/stories15M.bin")), "streams"))
+    prompt = ["--prompt", "Tom and his dog", "--max-new-tokens", "40"]
+    config = ["--method", "mirror", "--draft", "stories15M", "--gamma", "4", "--kappa", "2"]
+    traces = {}
+    for name, extra in (("plain", []), ("streams", ["--draft-streams", streams])):
+        traces[name] = tmp_path / f"{name}.jsonl"
+        assert tokens_of(capsys, *prompt, *config, *extra, "--trace", str(traces[name])) == tokens_of(capsys, *prompt)
+    passes = {name: [r for r in read_trace(path)[1] if not r.prefill and r.draft_passes] for name, path in traces.items()}
+    assert all(r.draft_passes == 4 and r.draft_tokens_per_pass == 1 for r in passes["plain"][:-1])
+    assert all(r.draft_passes == 1 and r.draft_tokens_per_pass == 4 for r in passes["streams"][:-1])
+    assert read_trace(traces["streams"])[0].params["draft_streams"] == streams
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--exit-layer", "0"], "--exit-layer 0"),
     (["--exit-layer", "6"], "--exit-layer 6"),

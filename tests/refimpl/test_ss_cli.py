@@ -117,3 +117,32 @@ def test_trace_records_the_stream_rows_as_a_draft_pass_of_the_last_layers(capsys
     steps = [r for r in records if not r.prefill]
     assert steps and all(r.draft_passes == 1 and r.draft_tokens_per_pass == 3 for r in steps)
     assert all(r.target_tokens == r.proposed + 1 for r in steps)
+
+
+def test_streams_trained_for_a_cut_draft_drive_mirror_and_fit_only_that_draft(capsys, files):
+    """train-streams --layers K writes streams for the target's first K layers: mirror with
+    --draft-layers K --draft-streams gives ar's tokens with several draft tokens per pass;
+    the same file for another cut, or the target's own streams for a cut, is one line, exit 2."""
+    out = files / "cut.safetensors"
+    assert main(["train-streams", "--model", str(files / "tiny.bin"), "--layers", "2", "--streams", "2",
+                 "--stream-layers", "1", "--steps", "3", "--sequences", "2", "--seq-len", "16", "--batch", "2",
+                 "--threads", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    model = str(files / "tiny.bin")
+    ar = generate_json(capsys, "--model", model)["tokens"]
+    trace = files / "mirror.jsonl"
+    got = generate_json(capsys, "--model", model, "--method", "mirror", "--draft-layers", "2", "--draft-streams",
+                        str(out), "--gamma", "3", "--kappa", "2", "--trace", str(trace))
+    assert got["tokens"] == ar
+    records = [json.loads(line) for line in trace.read_text().splitlines()[2:]]
+    assert records and all(r["draft_tokens_per_pass"] in (0, 3) for r in records)
+    assert any(r["draft_tokens_per_pass"] == 3 for r in records)
+    for args, needle in ([["--draft-layers", "3", "--draft-streams", str(out)], "n_layers=2, this one has 3"],
+                         [["--draft-layers", "2", "--draft-streams", str(files / "ss.safetensors")],
+                          "the model has 2 layers"],
+                         [["--draft", model, "--draft-streams", str(files / "other.safetensors")], "another model"]):
+        assert main(["generate", "--model", model, "--prompt-ids", "4,5", "--method", "mirror", *args]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, err
+    assert main(["train-streams", "--model", model, "--layers", "1", "--out", str(out)]) == 2
+    assert "--layers 1" in capsys.readouterr().err

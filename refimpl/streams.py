@@ -126,13 +126,18 @@ def classifier_rows(model, vocabulary, packed: dict, x: np.ndarray) -> np.ndarra
         out = np.empty((len(x), model.classifier.shape[0] * kernels.TILE), np.float32)
         kernels.matmul(np.ascontiguousarray(x, dtype=np.float32), model.classifier, out)
         return out[:, :model.config.vocab_size]
+    out = np.full((len(x), model.config.vocab_size), -np.inf, np.float32)
+    out[:, vocabulary] = shortlist_columns(model, vocabulary, packed, x)
+    return out
+
+
+def shortlist_columns(model, vocabulary, packed: dict, x: np.ndarray) -> np.ndarray:
+    """x (n, dim) times the classifier's rows in `vocabulary`: (n, len(vocabulary))."""
     if "classifier" not in packed:
         packed["classifier"] = kernels.pack_linear(dense_classifier(model)[vocabulary])
     small = np.empty((len(x), kernels.padded_width(len(vocabulary))), np.float32)
     kernels.matmul(np.ascontiguousarray(x, dtype=np.float32), packed["classifier"], small)
-    out = np.full((len(x), model.config.vocab_size), -np.inf, np.float32)
-    out[:, vocabulary] = small[:, :len(vocabulary)]
-    return out
+    return small[:, :len(vocabulary)]
 
 
 # -- the base model's identity ------------------------------------------------------------------
@@ -229,7 +234,18 @@ def early_exit_probabilities(model, streams: Streams, split_hidden: np.ndarray) 
     kernels.matmul(np.ascontiguousarray(split_hidden), down, low)
     back = np.empty((len(split_hidden), kernels.padded_width(split_hidden.shape[1])), np.float32)
     kernels.matmul(np.ascontiguousarray(low[:, :PRUNE_RANK]), up, back)
-    logits = streams.logits(model, split_hidden + back[:, :split_hidden.shape[1]]).astype(np.float64)
+    x = split_hidden + back[:, :split_hidden.shape[1]]
+    if streams.vocabulary is None:
+        return softmax64(model.head(x))
+    normed = np.empty_like(x)
+    kernels.rmsnorm(x, model.final_norm, model.eps, normed)
+    probs = np.zeros((len(x), model.config.vocab_size))       # 0 outside the shortlist
+    probs[:, streams.vocabulary] = softmax64(shortlist_columns(model, streams.vocabulary, streams.packed, normed))
+    return probs
+
+
+def softmax64(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64)
     logits -= logits.max(axis=1, keepdims=True)
     probs = np.exp(logits)
     return probs / probs.sum(axis=1, keepdims=True)

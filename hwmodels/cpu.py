@@ -42,6 +42,38 @@ def measure_bandwidth(side: int = 4096, budget_s: float = 0.3) -> float:
     return matrix.nbytes / _best_seconds(lambda: matrix @ vector, budget_s)
 
 
+def measure_stream_bandwidth(streams: int, side: int = 4096, seconds: float = 0.5) -> float:
+    """Bytes/s each of `streams` threads streams while all run matrix-vector products at once
+    (one matrix each) for `seconds`: the bytes they all moved over the wall time, per thread.
+    With a single-threaded BLAS, what cores sharing one memory bus get each (on a machine
+    shared with other jobs, their share of the cores is in it too: it is a throughput, not a
+    best pass)."""
+    import threading
+
+    matrices = [np.ones((side, side), dtype=np.float32) for _ in range(streams)]
+    vector = np.ones(side, dtype=np.float32)
+    counts, done = [0] * streams, threading.Event()
+    ready = threading.Barrier(streams + 1)
+
+    def stream(i: int) -> None:
+        matrices[i] @ vector
+        ready.wait()
+        while not done.is_set():
+            matrices[i] @ vector
+            counts[i] += 1
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(streams)]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    started = time.perf_counter()
+    time.sleep(seconds)
+    done.set()
+    for thread in threads:
+        thread.join()
+    return sum(counts) * matrices[0].nbytes / (time.perf_counter() - started) / streams
+
+
 def measure_fma_rate(n: int = 512, budget_s: float = 0.25) -> float:
     """fp32 FLOP/s of a square matmul (2 n^3 FLOP)."""
     rng = np.random.default_rng(0)

@@ -21,7 +21,8 @@ from .serving import poisson_arrivals, read_arrivals, serve
 from .simulate import simulate
 from .timeline import plot_gantt, write_chrome_trace
 from .uncertainty import parse_range, predict_with_uncertainty
-from .workload import SPEC_BENCH, AcceptanceModel, Task, Workload, load_traces, replay_methods, trace_model
+from .workload import (SPEC_BENCH, AcceptanceModel, Task, Workload, load_traces, replay_methods, trace_model,
+                       traces_drafting, traces_rollout)
 
 #: Default i.i.d. acceptance α. The paper reports no acceptance lengths (mirror-sd.md §7, §12.10);
 #: 0.8 at γ = 7 means (1 − 0.8^8) / 0.2 = 4.16 tokens per target step.
@@ -154,7 +155,9 @@ def _config(args, workload: Workload) -> SimConfig:
         link=args.link, dtype=args.dtype, draft_dtype=args.draft_dtype,
         gamma=gamma if gamma is not None else DEFAULT_GAMMA, kappa=args.kappa,
         exit_layer=args.exit_layer, batch=args.batch, ss_streams=args.ss_streams, tree_nodes=args.tree_nodes,
-        branches=args.branches, draft_on_target=args.draft_on_target)
+        branches=args.branches, draft_on_target=args.draft_on_target,
+        drafting=traces_drafting(workload.traces) if traces else None,
+        rollout=traces_rollout(workload.traces) if traces else "batched")
 
 
 def _trace_model(workload: Workload, role: str):

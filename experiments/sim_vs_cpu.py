@@ -23,8 +23,9 @@ step: a step that another job's time slice hit in one round is clean in another)
    device over its replay of the same tokens as `ar`; ss and medusa traces say how
    their draft passes ran (stream layers, shortlist: `simulator.workload.drafting_of`).
    `mirror --overlap` (two threads) replays with the draft on a second core whose
-   concurrent work shares the memory bus with the target's (`memory_contention`,
-   from the one- and two-stream bandwidths measured here).
+   concurrent work shares the memory bus with the target's (`memory_contention`, from the
+   one- and two-stream bandwidths measured here) and, where other jobs leave no second core
+   free, the cores (`compute_contention`, from the one- and two-thread matmul rates).
 Target (issue 13): predicted within 10 % of measured for every method.
 """
 from __future__ import annotations
@@ -140,17 +141,22 @@ def pass_timings(point: tuple) -> list[dict]:
 def machine_rates() -> dict:
     """This CPU's rates on one thread, measured now in a process of single-threaded BLAS (refimpl
     runs on one thread): the best matrix-vector bandwidth and matmul FLOP/s (`hwmodels.cpu`), and
-    the bytes/s of one stream and of each of two concurrent ones (`measure_stream_bandwidth`);
-    "contention" (>= 1) = one stream's over each of two's, what `SimConfig.memory_contention` is."""
-    code = ("import json; from hwmodels.cpu import measure_bandwidth, measure_fma_rate, measure_stream_bandwidth as m; "
+    the bytes/s of one stream and of each of two concurrent ones (`measure_stream_bandwidth`),
+    likewise the FLOP/s (`measure_stream_flops`); "contention" (>= 1) = one stream's bandwidth
+    over each of two's (`SimConfig.memory_contention`), "compute_contention" the same of the
+    FLOP/s (`SimConfig.compute_contention`: above 1 where other jobs leave no core free)."""
+    code = ("import json; from hwmodels.cpu import measure_bandwidth, measure_fma_rate, "
+            "measure_stream_bandwidth as m, measure_stream_flops as f; "
             "print(json.dumps({'bandwidth': measure_bandwidth(), 'fma': measure_fma_rate(), "
-            "'one': max(m(1), m(1)), 'two': max(m(2), m(2))}))")
+            "'one': max(m(1), m(1)), 'two': max(m(2), m(2)), 'one_flops': max(f(1), f(1)), "
+            "'two_flops': max(f(2), f(2))}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
                           cwd=Path(__file__).resolve().parents[1],
                           env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
                                "MKL_NUM_THREADS": "1"})
     rates = json.loads(done.stdout)
-    return {**rates, "contention": max(1.0, rates["one"] / rates["two"])}
+    return {**rates, "contention": max(1.0, rates["one"] / rates["two"]),
+            "compute_contention": max(1.0, rates["one_flops"] / rates["two_flops"])}
 
 
 def best_of(paths: list[str], out: str) -> str:
@@ -234,10 +240,12 @@ def _fit(rows: list[dict], rates: dict, folder: Path):
     return device.with_params(**fit.params["cpu"]), fit
 
 
-def _simulated_speedup(method: str, paths: list[str], device, gamma: int, contention: float = 1.0) -> float:
+def _simulated_speedup(method: str, paths: list[str], device, gamma: int, contention: float = 1.0,
+                       compute_contention: float = 1.0) -> float:
     """The simulator's speedup of `method`'s traces over ar on `device`: the draft on the target's
     core (one thread), or, for traces recorded with --overlap, on a second core of the same kind
-    whose concurrent work shares the memory bus (`contention`)."""
+    whose concurrent work shares the memory bus (`contention`) and, under other jobs' load, the
+    cores (`compute_contention`)."""
     import hwmodels
     from simulator import AcceptanceModel, Group, SimConfig, Workload, simulate
     from simulator.workload import load_traces, trace_model, traces_drafting, traces_rollout
@@ -254,6 +262,7 @@ def _simulated_speedup(method: str, paths: list[str], device, gamma: int, conten
     config = SimConfig(target_model=target, draft_model=draft, target=Group(device, 1), draft=Group(device, 1),
                        link=same_core, dtype="fp32", gamma=max(gamma, 1), draft_on_target=not overlap,
                        drafting=traces_drafting(traces), memory_contention=contention if overlap else 1.0,
+                       compute_contention=compute_contention if overlap else 1.0,
                        rollout=traces_rollout(traces))
     results = simulate(Workload(traces=traces, acceptance=AcceptanceModel()), config, [method])
     return results[method].speedup
@@ -284,7 +293,7 @@ def run(ctx):
         device, fit = _fit(_calibration_rows(calibration, ctx.quick), rates, folder)
         validation = _traces(validation_prompts, list(METHODS), new_tokens, folder / "val", repeats)
         after = machine_rates()
-        contention, one_stream, two_streams = after["contention"], after["one"], after["two"]
+        contention, compute = after["contention"], after["compute_contention"]
         ar_seconds = _measured_seconds(validation["ar"])
         rows, errors = [], {}
         for run_name, paths in validation.items():
@@ -293,7 +302,7 @@ def run(ctx):
             header = read_trace(paths[0])[0]
             gamma = int(header.params.get("gamma", 1))
             measured = ar_seconds / _measured_seconds(paths)
-            predicted = _simulated_speedup(header.method, paths, device, gamma, contention)
+            predicted = _simulated_speedup(header.method, paths, device, gamma, contention, compute)
             errors[run_name] = predicted / measured - 1.0
             rows.append([run_name, " ".join(METHODS[run_name]), f"{measured:.3f}", f"{predicted:.3f}",
                          f"{100 * errors[run_name]:+.1f} %"])
@@ -312,8 +321,10 @@ def run(ctx):
         f"Load average (1 min) {load_before} before, {load_after} after. The fit's largest relative error on "
         f"its own points: {100 * fit_error:.1f} %; host work of a speculative step "
         f"{1e6 * host['step_overhead_s']:.0f} µs + {1e6 * host['tree_row_overhead_s']:.1f} µs per verified row. "
-        f"Memory bus: one stream {one_stream / 1e9:.1f} GB/s, each of two concurrent "
-        f"{two_streams / 1e9:.1f} GB/s (contention ×{contention:.2f}, other jobs' load included).",
+        f"Two threads at once, measured after the runs (other jobs' load included): each streams "
+        f"{after['two'] / 1e9:.1f} GB/s where one alone streams {after['one'] / 1e9:.1f} (memory contention "
+        f"×{contention:.2f}) and computes {after['two_flops'] / 1e9:.0f} GFLOP/s where one alone computes "
+        f"{after['one_flops'] / 1e9:.0f} (compute contention ×{compute:.2f}).",
         table,
         f"Largest |error|: **{100 * worst:.1f} %** (target ≤ {100 * TARGET_REL_ERROR:.0f} %: "
         f"{'met' if worst <= TARGET_REL_ERROR else 'not met'}). The host is shared: measured wall times "

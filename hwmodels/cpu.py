@@ -48,21 +48,36 @@ def measure_stream_bandwidth(streams: int, side: int = 4096, seconds: float = 0.
     With a single-threaded BLAS, what cores sharing one memory bus get each (on a machine
     shared with other jobs, their share of the cores is in it too: it is a throughput, not a
     best pass)."""
-    import threading
-
     matrices = [np.ones((side, side), dtype=np.float32) for _ in range(streams)]
     vector = np.ones(side, dtype=np.float32)
-    counts, done = [0] * streams, threading.Event()
-    ready = threading.Barrier(streams + 1)
+    return _concurrent_rate([lambda m=m: m @ vector for m in matrices], matrices[0].nbytes, seconds)
 
-    def stream(i: int) -> None:
-        matrices[i] @ vector
+
+def measure_stream_flops(streams: int, n: int = 512, seconds: float = 0.5) -> float:
+    """fp32 FLOP/s each of `streams` threads computes while all run n x n matmuls at once (as
+    `measure_stream_bandwidth`, for the cores rather than the bus)."""
+    rng = np.random.default_rng(0)
+    pairs = [(rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32))
+             for _ in range(streams)]
+    return _concurrent_rate([lambda a=a, b=b: a @ b for a, b in pairs], 2 * n ** 3, seconds)
+
+
+def _concurrent_rate(jobs, units: float, seconds: float) -> float:
+    """`units` per call of each job, per second and per job, with every job looping on its own
+    thread for `seconds`."""
+    import threading
+
+    counts, done = [0] * len(jobs), threading.Event()
+    ready = threading.Barrier(len(jobs) + 1)
+
+    def loop(i: int) -> None:
+        jobs[i]()
         ready.wait()
         while not done.is_set():
-            matrices[i] @ vector
+            jobs[i]()
             counts[i] += 1
 
-    threads = [threading.Thread(target=stream, args=(i,)) for i in range(streams)]
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(len(jobs))]
     for thread in threads:
         thread.start()
     ready.wait()
@@ -71,7 +86,7 @@ def measure_stream_bandwidth(streams: int, side: int = 4096, seconds: float = 0.
     done.set()
     for thread in threads:
         thread.join()
-    return sum(counts) * matrices[0].nbytes / (time.perf_counter() - started) / streams
+    return sum(counts) * units / (time.perf_counter() - started) / len(jobs)
 
 
 def measure_fma_rate(n: int = 512, budget_s: float = 0.25) -> float:

@@ -137,6 +137,7 @@ class SimConfig:
     # part of each runs while the other runs too (1: independent memories; two cores of one CPU share
     # its memory bus: one stream's bandwidth over each of two concurrent streams' share)
     memory_contention: float = 1.0
+    compute_contention: float = 1.0  # likewise for the rest of their work (1: a core each; >1: cores shared)
     rollout: str = "batched"  # Mirror-SD's branch rollouts: "batched" (the paper's) or "tree" (refimpl's; costs.rollout)
 
     def __post_init__(self):
@@ -149,9 +150,10 @@ class SimConfig:
                 raise InputError(f"--{name.replace('_', '-')}: must be an integer >= {minimum}, got {value!r}")
         if self.rollout not in ("batched", "tree"):
             raise InputError(f"--rollout: must be batched or tree, got {self.rollout!r}")
-        contention = self.memory_contention
-        if isinstance(contention, bool) or not isinstance(contention, (int, float)) or not 1 <= contention <= 1e3:
-            raise InputError(f"--memory-contention: must be a number in [1, 1000], got {contention!r}")
+        for name in ("memory_contention", "compute_contention"):
+            contention = getattr(self, name)
+            if isinstance(contention, bool) or not isinstance(contention, (int, float)) or not 1 <= contention <= 1e3:
+                raise InputError(f"--{name.replace('_', '-')}: must be a number in [1, 1000], got {contention!r}")
         for role, group in (("target", self.target), ("draft", self.draft)):
             option = "--tp" if role == "target" else "--draft-tp"
             if not isinstance(group.tp, int) or group.tp < 1:

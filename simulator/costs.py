@@ -21,7 +21,8 @@ A cost model answers five questions (seconds):
   candidates and the tree mask, sampling and verifying, compacting the cache; `hwmodels.steps`);
 - ``early_exit_message(step)`` / ``verdict_message(step)``: Mirror-SD's two rendezvous;
 - ``side_by_side(step, branches)``: Mirror-SD's target suffix and draft rollout when they run at
-  once on two groups whose memory is shared (`SimConfig.memory_contention`, `shared_bus`).
+  once on two groups whose memory (or cores) are shared (`SimConfig.memory_contention`,
+  `compute_contention`; `shared_bus`).
 """
 from __future__ import annotations
 
@@ -110,13 +111,13 @@ class HardwareCosts:
         on independent devices their own times; with `memory_contention` > 1, `shared_bus`."""
         suffix = self.target(step.rows, step.context, step.batch, part="suffix")
         rollout = self.rollout(step.draft_rows, step.context, step.batch, branches, window=step.rows)
-        contention = self.config.memory_contention
-        if contention == 1.0 or self.config.draft_on_target:
+        contention, compute = self.config.memory_contention, self.config.compute_contention
+        if (contention == 1.0 and compute == 1.0) or self.config.draft_on_target:
             return suffix, rollout
         suffix_memory = self.target(step.rows, step.context, step.batch, part="suffix", memory=True)
         rollout_memory = self.rollout(step.draft_rows, step.context, step.batch, branches, window=step.rows,
                                       memory=True)
-        return shared_bus(suffix, suffix_memory, rollout, rollout_memory, contention)
+        return shared_bus(suffix, suffix_memory, rollout, rollout_memory, contention, compute)
 
     def rollout(self, draft_rows: tuple[int, ...], context: int, batch: int, branches: int = 1,
                 window: int = 0, memory: bool = False) -> float:
@@ -189,15 +190,18 @@ class HardwareCosts:
         return self._message(step.batch * VERDICT_BYTES)
 
 
-def shared_bus(a: float, a_memory: float, b: float, b_memory: float, contention: float) -> tuple[float, float]:
+def shared_bus(a: float, a_memory: float, b: float, b_memory: float, contention: float,
+               compute_contention: float = 1.0) -> tuple[float, float]:
     """Seconds of two jobs started together on two cores that share a memory bus.
 
     Job a takes `a` seconds alone, `a_memory` of them bound by memory (likewise b). While
     both run, the memory-bound part of each runs `contention` times slower and the rest
-    at its own speed, both parts spread evenly over the job (a fluid model of the bus
-    shared between two streams); once one ends, the other runs alone."""
-    rate_a = a / (a + (contention - 1.0) * a_memory) if a else 1.0
-    rate_b = b / (b + (contention - 1.0) * b_memory) if b else 1.0
+    `compute_contention` times slower (1: each has a core of its own), both parts spread
+    evenly over the job (a fluid model of the shared bus and cores); once one ends, the
+    other runs alone."""
+    def rate(total: float, memory: float) -> float:
+        return total / ((total - memory) * compute_contention + memory * contention) if total else 1.0
+    rate_a, rate_b = rate(a, a_memory), rate(b, b_memory)
     end_a, end_b = a / rate_a, b / rate_b
     if end_a <= end_b:
         return end_a, end_a + (b - end_a * rate_b)

@@ -189,6 +189,10 @@ def test_two_jobs_on_a_shared_bus():
     assert a == pytest.approx(2.0) and b == pytest.approx(2.0 + (3.0 - 1.0))
     a, b = shared_bus(1.0, 1.0, 4.0, 4.0, 2.0)                         # b finishes alone at full speed
     assert a == pytest.approx(2.0) and b == pytest.approx(5.0)
+    a, b = shared_bus(2.0, 0.0, 3.0, 0.0, 1.5, compute_contention=2.0)  # no free core: compute shares too
+    assert a == pytest.approx(4.0) and b == pytest.approx(5.0)
+    a, b = shared_bus(2.0, 0.0, 3.0, 0.0, 3.0)                         # the bus alone slows no computing
+    assert (a, b) == (2.0, 3.0)
 
 
 def test_overlapped_mirror_replays_between_independent_devices_and_one_core(tmp_path):

@@ -288,7 +288,7 @@ def run(ctx):
         return Section(TITLE, skipped=f"checkpoint {_models_dir() / CHECKPOINT} is absent (set MIRRORSTREAM_MODELS)")
     new_tokens = 64 if ctx.quick else 160
     repeats = 4 if ctx.quick else 5
-    calibration_prompts = CALIBRATION_PROMPTS[:2] if ctx.quick else CALIBRATION_PROMPTS
+    calibration_prompts = CALIBRATION_PROMPTS      # cheap (short runs without a draft): never reduced
     validation_prompts = VALIDATION_PROMPTS[:2] if ctx.quick else VALIDATION_PROMPTS
     load_before = _loadavg()
     with tempfile.TemporaryDirectory() as tmp:

@@ -126,6 +126,7 @@ def main(argv=None) -> int:
     ap.add_argument("--draft-streams", metavar="FILE",
                     help="also time the timed configuration with these streams on its draft (trained with "
                          "train-streams --layers K for the K of --timing)")
+    ap.add_argument("--timing-only", action="store_true", help="skip the coverage and per-configuration tables")
     ap.add_argument("--json", metavar="FILE", help="also write the tables as JSON")
     args = ap.parse_args(argv)
     if args.quick:
@@ -139,14 +140,16 @@ def main(argv=None) -> int:
 
     _, _, reference, _ = run(model, "ar", {}, prompts, args.new_tokens)
     layers = list(range(1, n_layers))
-    omega = coverage(model, [p + out for p, out in zip(prompts, reference)], [len(p) for p in prompts],
-                     KAPPAS, layers)
-    cover_rows = [{"exit layer": l, **{f"Ω_{k}": round(omega[(k, l)], 3) for k in KAPPAS}} for l in layers]
+    omega = {} if args.timing_only else coverage(model, [p + out for p, out in zip(prompts, reference)],
+                                                 [len(p) for p in prompts], KAPPAS, layers)
+    cover_rows = [{"exit layer": l, **{f"Ω_{k}": round(omega[(k, l)], 3) for k in KAPPAS}} for l in layers if omega]
 
     configs = [(1, 3, 3, 1), (1, 3, 3, 4), (2, 3, 3, 1), (2, 3, 3, 4), (2, 3, 1, 4), (2, 3, 5, 4),
                (2, 2, 3, 8), (4, 3, 3, 4)]
     if args.quick:
         configs = [(1, 3, 3, 1), (2, 3, 3, 4)]
+    if args.timing_only:
+        configs = []
     stat_rows = []
     for k, gamma, exit_layer, kappa in configs:
         params = dict(draft=model.first_layers(k), gamma=gamma, exit_layer=exit_layer, kappa=kappa)

@@ -1,7 +1,8 @@
 """Benchmark of Speculative Streaming (and Medusa, sd) on stories15M against ar and run.c.
 
-    python benchmarks/bench_ss.py [--quick] [--prompts 20] [--new-tokens 128] [--threads 1]
-        [--streams FILE] [--heads FILE] [--gammas 1,2,3] [--tree-k 1,2,3] [--repeat 2] [--json FILE]
+    python benchmarks/bench_ss.py [--quick] [--prompts 20] [--new-tokens 128] [--threads 1,2]
+        [--streams FILE] [--streams-ns FILE,FILE] [--heads FILE] [--gammas 1,2,3,4] [--tree-k 1,2,3]
+        [--full-grid] [--repeat 2] [--json FILE]
 
 Every configuration runs every prompt (greedy) and must give ar's very tokens (a
 mismatch aborts: the methods are lossless). Each configuration is timed --repeat times
@@ -54,23 +55,36 @@ PROMPTS = [
 ]
 
 
-def configurations(args, streams, heads, model):
-    """(label, method, params) of every configuration, ar first."""
+def configurations(args, streams, heads, model, extra_streams=()):
+    """(label, method, params) of every configuration, ar first. The sweep varies one factor
+    at a time around the base ss configuration (deferred, gamma = max of --gammas, k = 1,
+    no pruning): gamma, k (with and without pruning), the schedule, N_s (--streams-ns);
+    --full-grid runs the cartesian product of gamma, k, pruning and schedule instead."""
     yield "ar", "ar", {}
     gammas = [int(g) for g in args.gammas.split(",")]
     ks = [int(k) for k in args.tree_k.split(",")]
-    for schedule in ("deferred", "fused"):
-        for gamma in gammas:
-            for k in ks:
-                for threshold in ([0.0, args.prune] if k > 1 else [0.0]):
-                    label = f"ss {schedule} g={gamma} k={k}" + (f" prune={threshold}" if threshold else "")
-                    yield label, "ss", dict(streams=streams, gamma=gamma, tree_k=k, schedule=schedule,
-                                            prune_threshold=threshold)
+    base = dict(gamma=max(gammas), tree_k=1, schedule="deferred", prune_threshold=0.0)
+    if args.full_grid:
+        grid = [dict(gamma=g, tree_k=k, schedule=schedule, prune_threshold=t) for schedule in ("deferred", "fused")
+                for g in gammas for k in ks for t in ([0.0, args.prune] if k > 1 else [0.0])]
+    else:
+        grid = [dict(base, gamma=g) for g in gammas]
+        grid += [dict(base, tree_k=k, prune_threshold=t) for k in ks if k > 1 for t in (0.0, args.prune)]
+        grid += [dict(base, schedule="fused"), dict(base, schedule="fused", tree_k=max(ks))]
+    for params in grid:
+        yield ss_label(streams, params), "ss", dict(params, streams=streams)
+    for other in extra_streams:
+        yield ss_label(other, base), "ss", dict(base, streams=other)
     if heads is not None:
-        for gamma in gammas:
+        for gamma in gammas if args.full_grid else [max(gammas)]:
             for k in ks:
                 yield f"medusa g={gamma} k={k}", "medusa", dict(heads=heads, gamma=gamma, tree_k=k)
     yield "sd 2L chain g=2", "sd", dict(draft=model.first_layers(2), gamma=2, tree_k=1)
+
+
+def ss_label(streams, params) -> str:
+    prune = f" prune={params['prune_threshold']}" if params["prune_threshold"] else ""
+    return f"ss {params['schedule']} Ns={streams.n_layers} g={params['gamma']} k={params['tree_k']}{prune}"
 
 
 # hidden size h and vocabulary v of the paper's models (speculative-streaming.md §1.6)
@@ -135,77 +149,100 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(CHECKPOINTS / "stories15M" / "stories15M.bin"))
     ap.add_argument("--streams", help="streams file (default: the shipped one)")
+    ap.add_argument("--streams-ns", metavar="FILES",
+                    help="more streams files, comma-separated (e.g. trained with other --stream-layers N_s): "
+                         "the base ss configuration with each")
     ap.add_argument("--heads", help="Medusa heads file (default: the shipped one, if any)")
     ap.add_argument("--prompts", type=int, default=20)
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--gammas", default="1,2,3")
+    ap.add_argument("--gammas", default="1,2,3,4")
     ap.add_argument("--tree-k", default="1,2,3")
     ap.add_argument("--prune", type=float, default=0.05, help="the pruning threshold tried with k > 1")
+    ap.add_argument("--full-grid", action="store_true", help="every gamma x k x pruning x schedule")
     ap.add_argument("--repeat", type=int, default=2, help="timings per configuration; the best is kept")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", default="1",
+                    help="numba thread counts, comma-separated (default 1): the first runs every configuration, "
+                         "the others ar and the fastest ss, medusa and sd of the first")
     ap.add_argument("--quick", action="store_true", help="3 prompts x 48 tokens, gamma 3, k 1-2, once")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args(argv)
     if args.quick:
         args.prompts, args.new_tokens, args.gammas, args.tree_k, args.repeat = 3, 48, "3", "1,2", 1
-    numba.set_num_threads(args.threads)
+    thread_counts = [int(t) for t in args.threads.split(",")]
     model_path = Path(args.model)
     model = load_model(model_path)
     tokenizer = load_tokenizer(find_tokenizer(model_path), model.config.vocab_size)
     texts = PROMPTS[:args.prompts]
     prompts = [[BOS_ID] + tokenizer.encode(t) for t in texts]
     streams = load_streams(args.streams or shipped(model, "streams"), model)
+    extra = [load_streams(f, model) for f in args.streams_ns.split(",")] if args.streams_ns else []
     heads = None
     try:
         heads = load_heads(args.heads or shipped(model, "heads"), model)
     except Exception as error:   # no heads: the table simply has no Medusa rows
         print(f"(no Medusa rows: {error})", file=sys.stderr)
-    configs = list(configurations(args, streams, heads, model))
+    configs = list(configurations(args, streams, heads, model, extra))
     for _, method, params in configs:      # compile and warm up
         run(model, method, params, prompts[:1], 8)
 
-    rows, reference, ar_rate, ss_sizes = [], None, None, None
     started = time.perf_counter()
     runc = run_c(model_path, texts, args.new_tokens)
-    for label, method, params in configs:
-        best = None
-        for _ in range(args.repeat):
-            outcome = run(model, method, params, prompts, args.new_tokens)
-            if best is None or outcome[0] < best[0]:
-                best = outcome
-        seconds, tokens, passes, outputs, per_size = best
-        if reference is None:
-            reference = outputs
-        elif outputs != reference:
-            print(f"{label}: output differs from ar (a bug)", file=sys.stderr)
-            return 1
-        rate = tokens / seconds
-        ar_rate = ar_rate or rate
-        if label.startswith("ss deferred") and ss_sizes is None or label == "ss deferred g=3 k=2":
-            ss_sizes = (label, per_size)
-        rows.append({"config": label, "tokens/s": round(rate, 1), "x ar": round(rate / ar_rate, 2),
-                     "x run.c": round(rate / runc, 2) if runc else "-", "mean accepted": round(tokens / passes, 2),
-                     "target passes": passes, "ms/step": round(1000 * seconds / passes, 2)})
-        print(f"  {label}: {rate:.1f} tokens/s", file=sys.stderr, flush=True)
-    print(f"stories15M, {len(prompts)} prompts x {args.new_tokens} new tokens, greedy, {args.threads} thread(s), "
-          f"best of {args.repeat}, {time.perf_counter() - started:.0f} s in all; "
-          f"run.c (1 thread): {runc:.1f} tokens/s" if runc else "run.c: not built")
-    print(tabulate(rows, headers="keys"))
-    best = max(rows[1:], key=lambda r: r["tokens/s"])
-    print(f"best: {best['config']}: {best['tokens/s']} tokens/s, {best['x ar']}x ar, {best['x run.c']}x run.c, "
-          f"{best['mean accepted']} tokens per target pass")
-    if ss_sizes:
-        label, per_size = ss_sizes
+    tables, reference, base_sizes = {}, None, None
+    for threads in thread_counts:
+        numba.set_num_threads(threads)
+        if threads != thread_counts[0]:
+            configs = [configs[0]] + fastest_per_method(tables[thread_counts[0]], configs)
+        rows, ar_rate = [], None
+        for label, method, params in configs:
+            seconds, tokens, passes, outputs, per_size = min(
+                (run(model, method, params, prompts, args.new_tokens) for _ in range(args.repeat)),
+                key=lambda outcome: outcome[0])
+            if reference is None:
+                reference = outputs
+            elif outputs != reference:
+                print(f"{label}: output differs from ar (a bug)", file=sys.stderr)
+                return 1
+            rate = tokens / seconds
+            ar_rate = ar_rate or rate
+            if base_sizes is None and method == "ss":
+                base_sizes = (label, per_size, ar_rate)
+            rows.append({"config": label, "tokens/s": round(rate, 1), "x ar": round(rate / ar_rate, 2),
+                         "x run.c": round(rate / runc, 2) if runc else "-",
+                         "mean accepted": round(tokens / passes, 2), "target passes": passes,
+                         "ms/step": round(1000 * seconds / passes, 2)})
+            print(f"  {threads} thread(s) {label}: {rate:.1f} tokens/s", file=sys.stderr, flush=True)
+        tables[threads] = rows
+    print(f"stories15M, {len(prompts)} prompts x {args.new_tokens} new tokens, greedy, best of {args.repeat}, "
+          f"{time.perf_counter() - started:.0f} s in all, load {os.getloadavg()[0]:.1f}; "
+          + (f"run.c (1 thread): {runc:.1f} tokens/s" if runc else "run.c: not built"))
+    for threads, rows in tables.items():
+        print(f"\n{threads} numba thread(s)")
+        print(tabulate(rows, headers="keys"))
+        best = max(rows[1:], key=lambda r: r["tokens/s"])
+        print(f"best: {best['config']}: {best['tokens/s']} tokens/s, {best['x ar']}x ar, {best['x run.c']}x run.c, "
+              f"{best['mean accepted']} tokens per target pass")
+    if base_sizes:
+        label, per_size, ar_rate = base_sizes
         ar_ms = 1000 / ar_rate
         size_rows = [{"tree rows": n, "steps": len(v), "ms/step": round(1000 * sum(v) / len(v), 2),
                       "x ar's ms/token": round(1000 * sum(v) / len(v) / ar_ms, 2)} for n, v in sorted(per_size.items())]
-        print(f"\nper-step time by tree size ({label}); ar: {ar_ms:.2f} ms per token")
+        print(f"\nper-step time by tree size ({label}, {thread_counts[0]} thread(s)); ar: {ar_ms:.2f} ms per token")
         print(tabulate(size_rows, headers="keys"))
     print("\nextra parameters")
     print(tabulate(parameter_rows(model, streams, heads), headers="keys", intfmt=","))
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "run_c": runc}, indent=1))
+        Path(args.json).write_text(json.dumps({"tables": tables, "run_c": runc}, indent=1))
     return 0
+
+
+def fastest_per_method(rows, configs):
+    """The fastest configuration of each method but ar in a finished table, in table order."""
+    best = {}
+    for row, config in zip(rows[1:], configs[1:]):
+        method = config[1]
+        if method not in best or row["tokens/s"] > best[method][0]:
+            best[method] = (row["tokens/s"], config)
+    return [config for _, config in best.values()]
 
 
 if __name__ == "__main__":

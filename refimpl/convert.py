@@ -67,6 +67,8 @@ def _tokenizer_vocab(tokenizer_path: Path | None) -> dict | None:
     else:
         for i, piece in enumerate(tokenizer.pieces):
             text = piece.decode("utf-8", errors="replace").replace(" ", "\u2581")
+            if i in (1, 2):   # llama2.c spells them "\n<s>\n", "\n</s>\n"; SentencePiece and llama.cpp "<s>", "</s>"
+                text = text.strip("\n")
             tokens.append(text)
             scores.append(float(tokenizer.scores[i]))
             types.append(2 if i == 0 else 3 if i in (1, 2) else 6 if i in tokenizer.byte_ids.values() else 1)

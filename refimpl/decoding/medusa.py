@@ -62,7 +62,8 @@ class MedusaHeads:
         normed = np.empty((1, hidden.shape[-1]), np.float32)
         kernels.rmsnorm(hidden.reshape(1, -1), model.final_norm, model.eps, normed)
         z = self.weights @ normed[0] + self.biases
-        blocks = (normed[0] + z / (1.0 + np.exp(-z))).astype(np.float32)
+        with np.errstate(over="ignore"):     # SiLU: exp(-z) = inf for very negative z gives 0, as it should
+            blocks = (normed[0] + z / (1.0 + np.exp(-z))).astype(np.float32)
         return classifier_rows(model, self.vocabulary, self.packed, blocks)
 
 

@@ -161,7 +161,8 @@ def read_gguf_vocab(path: str | os.PathLike) -> dict | None:
 def write_gguf(path: str | os.PathLike, config: ModelConfig, weights: dict, dtype: str = "F32",
                vocab: dict | None = None, name: str = "model") -> None:
     """Write a llama GGUF with the given tensor type (F32, F16 or BF16) and, when given,
-    a vocabulary ({"model": "llama", "tokens": [str], "scores": [float], "types": [int]})."""
+    a vocabulary ({"model": "llama", "tokens": [str], "scores": [float], "types": [int]});
+    without one, tokenizer.ggml.model is "none" (llama.cpp then loads it without a vocabulary)."""
     import gguf
 
     if dtype not in FLOAT_TYPES:
@@ -185,7 +186,9 @@ def write_gguf(path: str | os.PathLike, config: ModelConfig, weights: dict, dtyp
     writer.add_rope_freq_base(c.rope_theta)
     writer.add_vocab_size(c.vocab_size)
     writer.add_file_type(FILE_TYPES[dtype])
-    if vocab is not None:
+    if vocab is None:   # llama.cpp refuses a file without tokenizer.ggml.model; "none" loads with no vocabulary
+        writer.add_tokenizer_model("none")
+    else:
         writer.add_tokenizer_model(vocab["model"])
         writer.add_token_list(vocab["tokens"])
         if vocab.get("scores") is not None:

@@ -223,7 +223,13 @@ def test_refimpl_records_what_the_replay_needs(tmp_path, capsys):
                      "1", "--method", method, *options, "--trace", str(path), "--json"]) == 0
         capsys.readouterr()
         found[method] = load_traces([str(path)])
+    from refimpl.checkpoints import load_model
+    from refimpl.decoding.medusa import load_heads
+    from refimpl.streams import load_streams, shipped
+    target = load_model(model)
+    streams, heads = load_streams(shipped(target, "streams"), target), load_heads(shipped(target, "heads"), target)
     ss, medusa = drafting_of(found["ss"][0].header), drafting_of(found["medusa"][0].header)
-    assert (ss.method, ss.vocab, ss.stream_layers, ss.schedule) == ("ss", SHORTLIST, 2, "deferred")
-    assert (medusa.method, medusa.vocab, medusa.gamma) == ("medusa", SHORTLIST, 3)
+    assert (ss.method, ss.vocab, ss.stream_layers, ss.schedule) == ("ss", len(streams.vocabulary), streams.n_layers,
+                                                                     "deferred")
+    assert (medusa.method, medusa.vocab, medusa.gamma) == ("medusa", len(heads.vocabulary), heads.gamma)
     assert traces_rollout(found["mirror"]) == "tree"

@@ -59,7 +59,7 @@ STUDIES = {
     "gamma": ("draft window γ", [1, 2, 3, 4, 5, 6, 7, 8, 10], [1, 4, 7]),
     "draft": ("draft model", ["qwen3-0.6b", "qwen3-1.7b"], ["qwen3-0.6b", "qwen3-1.7b"]),
     "batch": ("batch size", [1, 2, 4, 8, 16, 32, 64], [1, 8, 64]),
-    "pairs": ("GPU + NPU pair", ["m2-ultra", "h100+m2-ane", "phone"], ["m2-ultra", "h100+m2-ane", "phone"]),
+    "pairs": ("GPU + NPU pair", ["m2-ultra", "h100+inferentia2", "phone"], ["m2-ultra", "h100+inferentia2", "phone"]),
 }
 SCENARIOS = ("premise", "lens")
 
@@ -101,8 +101,10 @@ def _pair(base, name: str):
     from simulator import Group
     if name == "m2-ultra":
         return base
-    if name == "h100+m2-ane":   # an H100 box with an NPU attached over PCIe 5 (no datacenter NPU in the catalog)
-        return dataclasses.replace(base, target=Group("h100-sxm", tp=8), link="pcie-5")
+    if name == "h100+inferentia2":   # 8 H100s (TP 8), the draft on 8 Inferentia2 chips over NeuronLink-v2,
+        # the two groups meeting over the host's PCIe 5 (a hypothetical box: no instance pairs them)
+        return dataclasses.replace(base, target=Group("h100-sxm", tp=8), draft=Group("inferentia2", tp=8),
+                                   link="pcie-5")
     if name == "phone":         # Snapdragon 8 Gen 3: Qwen3-1.7B on the Adreno GPU, the 0.6B draft on Hexagon
         return dataclasses.replace(base, target_model="qwen3-1.7b", target=Group("sd8g3-adreno", tp=1),
                                    draft=Group("sd8g3-hexagon", tp=1), link="sd8g3-unified")
@@ -231,8 +233,8 @@ def run(ctx):
         f"`python experiments/whatif.py{' --quick' if ctx.quick else ''}`. Spec-Bench lengths, "
         f"{prompts} prompts per task, α = 0.8. *Premise*: Ω_8(N/2) = 0.7; *lens*: the logit-lens "
         "coverage measured on Gemma-3-12B (Ω_8(N/2) = 0.242). Ω follows κ and ℓe as the module "
-        "docstring says. The H100 pair attaches the M2 Ultra's Neural Engines over PCIe 5 (the catalog "
-        "has no datacenter NPU); the phone runs Qwen3-1.7B on the Snapdragon 8 Gen 3's GPU with the "
+        "docstring says. The H100 pair puts the draft on 8 AWS Inferentia2 chips (NeuronLink-v2 among "
+        "them) that meet the 8 H100s over PCIe 5, a hypothetical box; the phone runs Qwen3-1.7B on the Snapdragon 8 Gen 3's GPU with the "
         "0.6B draft on its Hexagon NPU."])
     breaks = {}
     for study in STUDIES:

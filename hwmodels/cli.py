@@ -61,6 +61,8 @@ def register(subparsers) -> None:
     p.add_argument("--draft-rows", default="", help="rows of each draft pass, comma-separated (eagle, hydra, sd)")
     p.add_argument("--heads", type=int, default=MEDUSA_HEADS, help=f"medusa heads (default {MEDUSA_HEADS})")
     p.add_argument("--draft-model", help="sd: the draft model (on the same device)")
+    p.add_argument("--stream-layers", type=int, help="ss: the last N_s layers the stream rows run through")
+    p.add_argument("--vocab", type=int, help="ss, medusa: rows of the draft classifier (a shortlist; default all)")
     p.add_argument("--batch", type=int, default=1, help="sequences in the batch (default 1)")
     p.add_argument("--dtype", default="fp16", help="weight dtype (default fp16)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -208,11 +210,13 @@ def _rows_list(text: str) -> tuple[int, ...]:
 def cmd_step(args) -> int:
     if args.method == "sd" and not args.draft_model:
         raise InputError("--draft-model: a step of sd needs the draft model")
+    if args.method == "ss" and args.stream_layers is None:
+        raise InputError("--stream-layers: a step of ss needs the stream layers N_s")
     device = get_device(args.device)
     ar = step_parts("ar", args.model, device, 1, args.context, batch=args.batch, dtype=args.dtype)
     parts = step_parts(args.method, args.model, device, args.tokens, args.context, batch=args.batch,
                        dtype=args.dtype, draft_rows=_rows_list(args.draft_rows), heads=args.heads,
-                       draft_shape=args.draft_model)
+                       draft_shape=args.draft_model, stream_layers=args.stream_layers, vocab=args.vocab)
     seconds, ar_seconds = sum(parts.values()), sum(ar.values())
     if args.json:
         _print_json({"method": args.method, "device": device.key, "model": get_model(args.model).name,

@@ -14,7 +14,17 @@ device field (`Device.step_overhead_s`, ...), fitted to published step times
     draft     the method's proposals:
               medusa  H heads on the hidden states of the verified rows, each a
                       residual block (h x h) and its own classifier (V x h), one
-                      launch group (draft_pass_overhead_s)
+                      launch group (draft_pass_overhead_s); refimpl's layout
+                      (`shared_classifier`): the heads run on one row (the last
+                      committed node's), their H rows through the target's own
+                      classifier, or its `vocab`-row shortlist, read once
+              ss      per stream pass (the deferred schedule): the pass's stream
+                      rows through the last `stream_layers` blocks (no pass
+                      overhead: the pass starts mid-model) and the draft
+                      classifier (`vocab` rows: a shortlist, or the vocabulary),
+                      + draft_pass_overhead_s; riding in the verification pass
+                      (the fused schedule, `alongside` = its rows): what the
+                      extra rows add to those blocks, plus the classifier
               eagle   per draft pass: the fusing layer (2h -> h), one decoder
                       block of the target's shape and the target's classifier,
                       over that pass's rows, + draft_pass_overhead_s
@@ -40,7 +50,7 @@ from .errors import InputError
 from .latency import forward_latency, matmuls_seconds
 from .models import get_model
 
-METHODS = ("ar", "lookup", "sd", "medusa", "eagle", "hydra")
+METHODS = ("ar", "lookup", "sd", "medusa", "eagle", "hydra", "ss")
 #: Methods whose draft passes run on the target's device, from its own hidden states.
 HEAD_METHODS = ("medusa", "eagle", "hydra")
 #: Medusa heads per step when not told (the 4-deep sparse tree mc_sim_7b_63 uses 4).
@@ -54,16 +64,26 @@ def _check_method(method: str) -> str:
 
 
 def head_pass_seconds(kind: str, shape, device, rows: int, context: int, *, batch: int = 1, tp: int = 1,
-                      dtype: str = "fp16", heads: int = MEDUSA_HEADS) -> float:
-    """One drafting pass of a method that drafts from the target's hidden states (see the module docstring)."""
+                      dtype: str = "fp16", heads: int = MEDUSA_HEADS, vocab: int | None = None,
+                      shared_classifier: bool = False) -> float:
+    """One drafting pass of a method that drafts from the target's hidden states (see the module docstring).
+
+    `vocab`: rows of the classifier the draft logits use (default the whole vocabulary; fewer: a
+    shortlist); `shared_classifier` (medusa): the heads share one classifier, read once for
+    their heads x rows rows, instead of one each."""
     if kind not in HEAD_METHODS:
         raise InputError(f"method: {kind!r} has no head passes (those that do: {', '.join(HEAD_METHODS)})")
     shape, device = get_model(shape), get_device(device)
-    h, v, tokens = shape.hidden_size, shape.vocab_size, batch * rows
+    h, tokens = shape.hidden_size, batch * rows
+    v = _draft_vocab(shape, vocab)
     if kind == "medusa":
         if heads < 1:
             raise InputError(f"heads: medusa needs at least 1 head, got {heads}")
-        seconds = matmuls_seconds(device, [(h, h), (h, v)] * heads, tokens, dtype, tp)
+        if shared_classifier:
+            seconds = (matmuls_seconds(device, [(h, h)] * heads, tokens, dtype, tp)
+                       + matmuls_seconds(device, [(h, v)], heads * tokens, dtype, tp))
+        else:
+            seconds = matmuls_seconds(device, [(h, h), (h, v)] * heads, tokens, dtype, tp)
     elif kind == "eagle":
         block = forward_latency(shape, device, rows, context, batch=batch, tp=tp, dtype=dtype,
                                 layers=(shape.n_layers - 1, shape.n_layers), classifier=True).seconds
@@ -71,6 +91,42 @@ def head_pass_seconds(kind: str, shape, device, rows: int, context: int, *, batc
     else:
         seconds = matmuls_seconds(device, [(2 * h, h), (h, v)], tokens, dtype, tp)
     return seconds + device.draft_pass_overhead_s
+
+
+def _draft_vocab(shape, vocab: int | None) -> int:
+    if vocab is None:
+        return shape.vocab_size
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or not 1 <= vocab <= shape.vocab_size:
+        raise InputError(f"vocab: the draft classifier needs 1..{shape.vocab_size} rows (the vocabulary of "
+                         f"{shape.name}), got {vocab!r}")
+    return vocab
+
+
+def _check_stream_layers(shape, stream_layers) -> int:
+    if (not isinstance(stream_layers, int) or isinstance(stream_layers, bool)
+            or not 1 <= stream_layers <= shape.n_layers):
+        raise InputError(f"stream_layers: need 1..{shape.n_layers} (the layers of {shape.name}), "
+                         f"got {stream_layers!r}")
+    return stream_layers
+
+
+def stream_pass_seconds(shape, device, rows: int, context: int, *, stream_layers: int, vocab: int | None = None,
+                        logit_rows: int | None = None, alongside: int = 0, batch: int = 1, tp: int = 1,
+                        dtype: str = "fp16") -> float:
+    """Speculative Streaming's drafting: `rows` stream rows through the last `stream_layers`
+    blocks, then `logit_rows` of them (default all) through the `vocab`-row draft classifier
+    (see the module docstring). alongside=0: a pass of their own (the deferred schedule);
+    alongside=n: rows riding in a verification pass of n rows (the fused schedule)."""
+    shape, device = get_model(shape), get_device(device)
+    upper = (shape.n_layers - _check_stream_layers(shape, stream_layers), shape.n_layers)
+
+    def blocks(n: int) -> float:
+        return forward_latency(shape, device, n, context, batch=batch, tp=tp, dtype=dtype, layers=upper,
+                               classifier=False).seconds
+    streams = blocks(alongside + rows) - blocks(alongside) if alongside else blocks(rows)
+    h, logits = shape.hidden_size, rows if logit_rows is None else logit_rows
+    classifier = matmuls_seconds(device, [(h, _draft_vocab(shape, vocab))], batch * logits, dtype, tp) if logits else 0.0
+    return streams + classifier + (0.0 if alongside else device.draft_pass_overhead_s)
 
 
 def host_seconds(method: str, device, rows: int, batch: int = 1) -> float:
@@ -82,12 +138,14 @@ def host_seconds(method: str, device, rows: int, batch: int = 1) -> float:
 
 
 def step_parts(method: str, shape, device, rows: int, context: int, *, draft_rows=(), heads: int = MEDUSA_HEADS,
-               batch: int = 1, tp: int = 1, dtype: str = "fp16", draft_shape=None, draft_device=None) -> dict:
+               batch: int = 1, tp: int = 1, dtype: str = "fp16", draft_shape=None, draft_device=None,
+               stream_layers: int | None = None, vocab: int | None = None) -> dict:
     """Seconds of one step of `method` by term: {'verify', 'draft', 'host'} (module docstring).
 
     `rows`: the verification pass's query rows per sequence; `draft_rows`: the
-    query rows of each draft pass (medusa: ignored, its heads run on `rows`).
-    sd needs `draft_shape` (and `draft_device`, default the target's).
+    query rows of each draft pass (medusa: ignored, its heads run on `rows`; ss: the
+    deferred stream passes). sd needs `draft_shape` (and `draft_device`, default the
+    target's); ss needs `stream_layers`; `vocab` is the draft classifier's rows (ss, medusa).
     """
     _check_method(method)
     shape, device = get_model(shape), get_device(device)
@@ -96,7 +154,13 @@ def step_parts(method: str, shape, device, rows: int, context: int, *, draft_row
     draft = 0.0
     if method == "medusa":
         draft = head_pass_seconds("medusa", shape, device, rows, context, batch=batch, tp=tp, dtype=dtype,
-                                  heads=heads)
+                                  heads=heads, vocab=vocab)
+    elif method == "ss":
+        if stream_layers is None:
+            raise InputError("ss: a step of ss needs the stream layers N_s")
+        _check_stream_layers(shape, stream_layers)
+        draft = sum(stream_pass_seconds(shape, device, r, context, stream_layers=stream_layers, vocab=vocab,
+                                        batch=batch, tp=tp, dtype=dtype) for r in draft_rows)
     elif method in ("eagle", "hydra"):
         draft = sum(head_pass_seconds(method, shape, device, r, context, batch=batch, tp=tp, dtype=dtype)
                     for r in draft_rows)

@@ -89,6 +89,8 @@ def method_params(args, model) -> tuple[dict, dict, object]:
         else:
             params = dict(gamma=gamma, tree_k=1 if args.tree_k is None else args.tree_k, verify=args.verify)
         header = dict(params, draft_layers=args.draft_layers) if args.draft_layers else dict(params)
+        if args.method == "mirror":
+            header["rollout"] = "tree"   # how refimpl's rollouts run (refimpl.trace)
         if args.method == "mirror" and args.draft_streams:
             from refimpl.streams import load_streams
 
@@ -124,6 +126,7 @@ def self_drafting_params(args, model) -> tuple[dict, dict, object]:
     spec = next(iter(loaded.values()))
     gamma = spec.gamma if args.gamma is None else args.gamma
     header = dict(params, gamma=gamma, file=str(path))
+    header["draft_vocab"] = model.config.vocab_size if spec.vocabulary is None else len(spec.vocabulary)
     layers = spec.n_layers if args.method == "ss" else 1
     if args.method == "ss":
         header["stream_layers"] = layers

@@ -57,7 +57,25 @@ plain decoding); the prefill is not a decoding pass and is left out.
 ``sd`` {"gamma", "tree_k" (1: a chain), "verify" ("match" or "rejection"), and
 "draft_layers" when the draft is the target's first layers}; ``lookup``
 {"gamma", "ngram"}; ``mirror`` {"gamma", "exit_layer", "kappa", "max_branches",
-"overlap", and "draft_layers" as for sd}. A ``mirror`` record's draft passes are
+"overlap", "rollout", and "draft_layers" as for sd; "rollout" "tree": each draft pass of
+a step re-runs the window (``target_tokens`` rows) and every branch's rows so far, so
+pass k has target_tokens + branches x (1 + the earlier passes' draft_tokens_per_pass)
+rows of which the branches' newest reach the classifier; absent: the branches run as
+batched sequences, draft_tokens_per_pass rows each}; ``ss`` {"gamma", "tree_k", "verify",
+"schedule" ("deferred" or "fused"), "prune_threshold", "file" (the streams),
+"stream_layers" (N_s, the last layers the stream rows run through), "draft_vocab"};
+``medusa`` {"gamma" (the heads, K), "tree_k", "verify", "file", "draft_vocab"}.
+"draft_vocab" is the number of classifier rows the draft logits use: the streams' or
+heads' shortlist, or the whole vocabulary; its presence says the records draft as
+described here (traces written before it was recorded lack it, and the simulator
+prices them in the papers' layouts). An ``ss`` record's one draft pass is the stream
+rows that produced its tree: deferred, the gamma streams of the last committed node
+through the last N_s layers and the draft classifier, run after the previous
+verification; fused, gamma per node of the previous tree, inside that verification
+pass, of which only the accepted node's gamma rows reach the classifier. A ``medusa``
+record's one draft pass of K rows is the K heads on the last committed node's hidden
+state (a residual block each), their K rows through the target's classifier
+restricted to draft_vocab. A ``mirror`` record's draft passes are
 the branch rollouts that ran beside the target's suffix layers
 (``draft_tokens_per_pass`` per branch, ``branches`` of them); a fallback's
 fresh chain of the same depth runs before the next step (``coverage_hit``

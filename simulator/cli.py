@@ -21,7 +21,8 @@ from .serving import poisson_arrivals, read_arrivals, serve
 from .simulate import simulate
 from .timeline import plot_gantt, write_chrome_trace
 from .uncertainty import parse_range, predict_with_uncertainty
-from .workload import SPEC_BENCH, AcceptanceModel, Task, Workload, load_traces, replay_methods, trace_model
+from .workload import (SPEC_BENCH, AcceptanceModel, Task, Workload, load_traces, replay_methods, trace_model,
+                       traces_drafting, traces_rollout)
 
 #: Default i.i.d. acceptance α. The paper reports no acceptance lengths (mirror-sd.md §7, §12.10);
 #: 0.8 at γ = 7 means (1 − 0.8^8) / 0.2 = 4.16 tokens per target step.
@@ -66,6 +67,11 @@ def register(subparsers) -> None:
                                        "the testbed, a device's own TP link when both are that device)")
     system.add_argument("--draft-on-target", action="store_true",
                         help="the draft runs on the target's devices: their work queues (one SimPy resource)")
+    system.add_argument("--memory-contention", type=float, default=1.0, metavar="X",
+                        help="target and draft share one memory: each runs its memory-bound work X times "
+                             "slower while the other runs too (default 1: independent)")
+    system.add_argument("--compute-contention", type=float, default=1.0, metavar="X",
+                        help="likewise for the rest of their work, where they share cores (default 1)")
     system.add_argument("--dtype", default="fp16", help="weights of the target (default fp16)")
     system.add_argument("--draft-dtype", help="default: --dtype")
     spec = parser.add_argument_group("speculation")
@@ -154,7 +160,10 @@ def _config(args, workload: Workload) -> SimConfig:
         link=args.link, dtype=args.dtype, draft_dtype=args.draft_dtype,
         gamma=gamma if gamma is not None else DEFAULT_GAMMA, kappa=args.kappa,
         exit_layer=args.exit_layer, batch=args.batch, ss_streams=args.ss_streams, tree_nodes=args.tree_nodes,
-        branches=args.branches, draft_on_target=args.draft_on_target)
+        branches=args.branches, draft_on_target=args.draft_on_target,
+        memory_contention=args.memory_contention, compute_contention=args.compute_contention,
+        drafting=traces_drafting(workload.traces) if traces else None,
+        rollout=traces_rollout(workload.traces) if traces else "batched")
 
 
 def _trace_model(workload: Workload, role: str):

@@ -88,6 +88,26 @@ def ss_streams_for_batch(batch: int) -> int:
 
 
 @dataclass(frozen=True)
+class Drafting:
+    """How a self-drafting method's recorded steps draft, as refimpl runs them (refimpl.trace's
+    ``ss`` and ``medusa`` params; `simulator.workload.drafting_of` reads them from a header).
+
+    ss: each record's draft pass is its stream rows through the last `stream_layers` layers and
+    a `vocab`-row draft classifier, after the verification (`schedule` "deferred") or inside it
+    ("fused": `gamma` of them reach the classifier). medusa: the `gamma` heads on the last
+    committed row, their rows through the target's classifier shortlisted to `vocab` rows.
+    Without one (synthetic workloads, other traces) the simulator prices the papers' layouts:
+    ss's streams inside the verification pass's rows, Medusa's own-classifier heads on every
+    verified row."""
+
+    method: str
+    gamma: int
+    vocab: int
+    stream_layers: int = 0
+    schedule: str = "deferred"
+
+
+@dataclass(frozen=True)
 class SimConfig:
     """One simulated system. Defaults: the Mirror-SD paper's testbed (mirror-sd.md §6, §9).
 
@@ -112,6 +132,13 @@ class SimConfig:
     branches: int | None = None
     draft_sharding: str = "spd"
     draft_on_target: bool = False     # the draft shares the target's devices (their work queues)
+    drafting: Drafting | None = None  # ss / medusa: how the replayed traces draft (see Drafting)
+    # Work that runs on the target and draft groups at once: how many times slower the memory-bound
+    # part of each runs while the other runs too (1: independent memories; two cores of one CPU share
+    # its memory bus: one stream's bandwidth over each of two concurrent streams' share)
+    memory_contention: float = 1.0
+    compute_contention: float = 1.0  # likewise for the rest of their work (1: a core each; >1: cores shared)
+    rollout: str = "batched"  # Mirror-SD's branch rollouts: "batched" (the paper's) or "tree" (refimpl's; costs.rollout)
 
     def __post_init__(self):
         if self.link is None and is_testbed(self.target.device, self.draft.device):
@@ -121,6 +148,12 @@ class SimConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < minimum):
                 raise InputError(f"--{name.replace('_', '-')}: must be an integer >= {minimum}, got {value!r}")
+        if self.rollout not in ("batched", "tree"):
+            raise InputError(f"--rollout: must be batched or tree, got {self.rollout!r}")
+        for name in ("memory_contention", "compute_contention"):
+            contention = getattr(self, name)
+            if isinstance(contention, bool) or not isinstance(contention, (int, float)) or not 1 <= contention <= 1e3:
+                raise InputError(f"--{name.replace('_', '-')}: must be a number in [1, 1000], got {contention!r}")
         for role, group in (("target", self.target), ("draft", self.draft)):
             option = "--tp" if role == "target" else "--draft-tp"
             if not isinstance(group.tp, int) or group.tp < 1:

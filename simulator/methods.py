@@ -10,9 +10,10 @@ from .batching import Step
 from .engine import Simulation
 
 
-def _draft_seconds(costs, step: Step, branches: int = 1) -> float:
-    """One rollout: the step's draft passes, for `branches` continuations of every sequence."""
-    return costs.rollout(step.draft_rows, step.context, step.batch, branches)
+def _draft_seconds(costs, step: Step, branches: int = 1, window: int = 0) -> float:
+    """One rollout: the step's draft passes, for `branches` continuations of every sequence
+    (hanging off a `window` of target rows: Mirror-SD's branch rollouts)."""
+    return costs.rollout(step.draft_rows, step.context, step.batch, branches, window=window)
 
 
 def ar(sim: Simulation, steps, costs):
@@ -43,16 +44,30 @@ def _host(costs, method: str, step: Step) -> tuple:
 
 
 def ss(sim: Simulation, steps, costs):
-    """Speculative Streaming: one fused verify-and-draft target pass over the tree."""
-    yield from ar(sim, steps, costs)
+    """Speculative Streaming. The paper's layout: one fused verify-and-draft target pass over the
+    tree, the streams inside its rows. Replaying refimpl's traces (`costs.drafting`): the record's
+    stream rows too (deferred: a pass of their own after the verdict; fused: extra rows of the
+    verification pass), on the target's device, and the step's host work."""
+    if getattr(costs, "drafting", None) is None:
+        yield from ar(sim, steps, costs)
+        return
+    fused = costs.drafting.schedule == "fused"
+    for step in sim.steps(steps):
+        streams = sum(costs.stream(rows, step.context, step.batch, step.rows if fused else 0)
+                      for rows in step.draft_rows)
+        yield from sim.serial(("target", "draft", streams),
+                              ("target", "target", costs.target(step.rows, step.context, step.batch)),
+                              *_host(costs, "ss", step))
 
 
 def _with_heads(kind: str):
     def method(sim: Simulation, steps, costs):
+        drafting = getattr(costs, "drafting", None)
         for step in sim.steps(steps):
-            if kind == "medusa":   # the heads read the hidden state of every verified row
+            if kind == "medusa" and getattr(drafting, "method", None) != "medusa":
+                # the paper's layout: the heads read the hidden state of every verified row
                 passes = (step.rows,) if step.draft_rows and not step.prefill else ()
-            else:
+            else:    # refimpl's Medusa: one pass of the K heads on the last committed row
                 passes = step.draft_rows
             heads = sum(costs.heads(kind, rows, step.context, step.batch) for rows in passes)
             yield from sim.serial(("target", "heads", heads),
@@ -76,7 +91,9 @@ def mirror(sim: Simulation, steps, costs):
     the draft), then concurrently the target's layers ℓe+1..N and the draft's
     branch rollouts, then rendezvous 2 ((A, c) back to the draft). If the
     correction was covered the next window is ready; otherwise (fallback) a fresh
-    rollout runs on the critical path before the next step.
+    rollout runs on the critical path before the next step. Where the two groups share a
+    memory (`SimConfig.memory_contention`), the suffix and the rollouts slow each other
+    (`costs.side_by_side`).
     """
     env = sim.env
     window_ready = True
@@ -90,10 +107,9 @@ def mirror(sim: Simulation, steps, costs):
         yield from sim.serial(("target", "target_prefix", costs.target(step.rows, step.context, step.batch,
                                                                        part="prefix")),
                               ("link", "rendezvous", costs.early_exit_message(step)))
-        rollout = env.process(sim.background("draft", "draft",
-                                             _draft_seconds(costs, step, step.branches)))
-        yield from sim.serial(("target", "target_suffix", costs.target(step.rows, step.context, step.batch,
-                                                                       part="suffix")))
+        suffix, rollout_seconds = costs.side_by_side(step, step.branches)
+        rollout = env.process(sim.background("draft", "draft", rollout_seconds))
+        yield from sim.serial(("target", "target_suffix", suffix))
         yield from sim.wait(rollout, "draft")
         yield from sim.serial(("link", "rendezvous", costs.verdict_message(step)))
         window_ready = step.coverage_hit

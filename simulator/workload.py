@@ -23,8 +23,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from refimpl.trace import MAX_CONTEXT, StepRecord, TraceHeader, read_trace
+from refimpl.trace import MAX_CONTEXT, MAX_STEP, StepRecord, TraceHeader, read_trace
 
+from .config import Drafting
 from .errors import InputError
 
 CHAIN_METHODS = ("sd", "mirror", "mirror+ss")
@@ -244,6 +245,51 @@ def trace_model(header: TraceHeader, role: str, source="trace"):
         raise InputError(f"{source}:1: header's {role}: {exc}") from None
     except (TypeError, ValueError, KeyError, OverflowError) as exc:
         raise InputError(f"{source}:1: header's {role} is not a model shape ({exc.__class__.__name__})") from None
+
+
+def drafting_of(header: TraceHeader, source="trace") -> Drafting | None:
+    """How an ss or medusa trace's draft passes ran (refimpl.trace's params of those methods, told
+    by "draft_vocab"), or None for other methods and for traces without it (written before
+    refimpl recorded it, or by hand): the simulator then prices the papers' layouts.
+    InputError naming the trace when the params cannot describe it."""
+    params = header.params
+    if header.method not in ("ss", "medusa") or "draft_vocab" not in params:
+        return None
+    target = trace_model(header, "target", source)
+    gamma = _header_count(params, "gamma", source, 1, MAX_STEP)
+    vocab = _header_count(params, "draft_vocab", source, 1, target.vocab_size)
+    if header.method == "medusa":
+        return Drafting("medusa", gamma, vocab)
+    layers = _header_count(params, "stream_layers", source, 1, target.n_layers)
+    schedule = params.get("schedule", "deferred")
+    if schedule not in ("deferred", "fused"):
+        raise InputError(f"{source}:1: params' 'schedule' must be \"deferred\" or \"fused\", got {schedule!r:.40}")
+    return Drafting("ss", gamma, vocab, layers, schedule)
+
+
+def traces_rollout(traces: list[Trace]) -> str:
+    """How the Mirror-SD traces' rollouts ran: "tree" when their headers say so (refimpl's),
+    else "batched" (the paper's layout); InputError when they differ."""
+    found = {t.header.params.get("rollout") == "tree" for t in traces if t.header.method in MIRROR_METHODS}
+    if len(found) > 1:
+        raise InputError("--trace: some mirror traces roll out as a tree and some do not; replay them separately")
+    return "tree" if found == {True} else "batched"
+
+
+def traces_drafting(traces: list[Trace]) -> Drafting | None:
+    """The drafting (`drafting_of`) the ss or medusa traces share; None without such traces."""
+    found = {drafting_of(t.header, t.source) for t in traces} - {None}
+    if len(found) > 1:
+        raise InputError(f"--trace: the ss/medusa traces draft differently ({', '.join(map(str, found))[:160]}); "
+                         f"replay them separately")
+    return found.pop() if found else None
+
+
+def _header_count(params: dict, name: str, source, low: int, high: int) -> int:
+    value = params.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InputError(f"{source}:1: params' {name!r} must be an integer in {low}..{high}, got {value!r:.40}")
+    return value
 
 
 def replay_methods(source: str) -> list[str]:

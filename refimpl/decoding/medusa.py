@@ -8,7 +8,8 @@ LevelDrafter): root = the target's token after the accepted node, level k = the 
 (or k draws) of head k; exact match or rejection. The heads read the verification pass's
 hidden states, so a step is one target pass plus K residual blocks and K classifier rows
 (in traces: one "draft pass" of K rows, the header's draft a one-layer shape of the target,
-an upper bound on K residual blocks).
+an upper bound on K residual blocks; the header's params "draft_vocab", the shortlist's size,
+tell the simulator to price the K heads on one row and their K classifier rows, refimpl.trace).
 """
 from __future__ import annotations
 

@@ -24,8 +24,9 @@ The loop is the shared one (refimpl.decoding.speculative) through its hooks.
 Traces: a step's record counts the stream rows that produced its tree as one "draft
 pass" (draft_passes 1, draft_tokens_per_pass = gamma deferred, or gamma x the previous
 tree's nodes fused), the header's draft being the shape of the last N_s layers, so the
-simulator times them as N_s layers of that many rows; target_tokens counts the tree as
-verified (after pruning).
+simulator times them as N_s layers of that many rows and the shortlist classifier (the
+header's params "stream_layers" and "draft_vocab", refimpl.trace); target_tokens counts the
+tree as verified (after pruning).
 """
 from __future__ import annotations
 

@@ -157,3 +157,48 @@ def test_table1_infers_lower_acceptance_where_the_paper_reports_slower_sd():
         assert cell["alpha"] < cold[task]["alpha"]
         low, high = min(cell["mirror"]), max(cell["mirror"])
         assert low <= cell["mirror"][0] <= high   # the prior's centre lies inside its range
+
+
+def test_the_h100_pair_drafts_on_the_catalogs_datacenter_npu():
+    from experiments.whatif import STUDIES, _pair
+    from simulator import SimConfig
+    config = _pair(SimConfig(), "h100+inferentia2")
+    assert config.target.device == "h100-sxm" and config.draft.device == "inferentia2"
+    assert "h100+inferentia2" in STUDIES["pairs"][1]
+
+
+def _mirror_trace(path, overlap: bool):
+    from refimpl.trace import StepRecord, TraceHeader, write_trace
+    records = [StepRecord(context=0, target_tokens=4, draft_passes=0, draft_tokens_per_pass=0, proposed=0,
+                          accepted=0, emitted=1, prefill=True)]
+    context = 4
+    for step in range(30):
+        accepted = step % 4
+        records.append(StepRecord(context=context, target_tokens=4, draft_passes=3, draft_tokens_per_pass=1,
+                                  proposed=3, accepted=accepted, emitted=accepted + 1, branches=8,
+                                  coverage_hit=step % 3 != 0))
+        context += accepted + 1
+    write_trace(path, TraceHeader(method="mirror", params={"gamma": 3, "exit_layer": 3, "kappa": 2,
+                                                           "overlap": overlap, "draft_layers": 2, "rollout": "tree"},
+                                  target="stories15m", seed=0, prompt_tokens=4), records)
+    return str(path)
+
+
+def test_an_overlapped_mirror_trace_replays_with_the_draft_on_a_second_core_that_shares_the_bus(tmp_path):
+    """--overlap traces replay with the draft on its own core: faster than the same steps on one
+    core, and slower when the two cores' concurrent work shares the memory bus."""
+    from experiments.sim_vs_cpu import _simulated_speedup
+    device = _fixed_cpu()
+    serial = _simulated_speedup("mirror", [_mirror_trace(tmp_path / "s.jsonl", False)], device, 3, 1.9)
+    free = _simulated_speedup("mirror", [_mirror_trace(tmp_path / "o.jsonl", True)], device, 3, 1.0)
+    shared = _simulated_speedup("mirror", [_mirror_trace(tmp_path / "o.jsonl", True)], device, 3, 1.9)
+    assert serial < shared < free
+
+
+def _fixed_cpu():
+    """A CPU-like device that needs no micro-benchmark."""
+    import dataclasses
+
+    from hwmodels import get_device
+    return dataclasses.replace(get_device("a100-80gb"), key="cpu-like", peak_flops={"fp32": 9e10},
+                               memory_bandwidth=3e10, overlap=0.3, dot_overhead_s=3e-9, tp_link=None)

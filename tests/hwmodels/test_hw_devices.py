@@ -140,3 +140,22 @@ def test_bad_device_files(tmp_path, content, match):
     path.write_text(content if isinstance(content, str) else json.dumps(content))
     with pytest.raises(InputError, match=match):
         get_device(str(path))
+
+
+def test_the_datacenter_npu_entry_carries_its_published_figures_and_their_sources():
+    """AWS Inferentia2 (one chip): every datasheet number cites the Neuron docs' page, the chips
+    group over NeuronLink-v2, and a Qwen3-0.6B draft shard fits while Qwen3-32B does not."""
+    from hwmodels import get_device, get_link, get_model
+    npu = get_device("inf2")
+    assert npu.key == "inferentia2" and npu.kind == "npu"
+    assert npu.peak_flops["fp16"] == 190e12 and npu.peak_flops["int8"] == 380e12
+    assert npu.memory_bandwidth == 820 * 2**30 and npu.memory_capacity == 32 * 2**30
+    for field in ("peak_flops.fp16", "peak_flops.bf16", "peak_flops.fp32", "peak_flops.int8", "memory_bandwidth",
+                  "memory_capacity"):
+        assert "https://awsdocs-neuron.readthedocs-hosted.com/" in npu.sources[field], field
+    for field in ("pass_overhead_s", "layer_overhead_s"):
+        assert "assumption" in npu.sources[field]
+    link = get_link(npu.tp_link.key)
+    assert link.bandwidth == 192 * 2**30 and "inf2-arch" in link.sources["beta_s_per_byte"]
+    assert npu.fits(get_model("qwen3-0.6b"), "fp16", tp=8, context=4096)
+    assert not npu.fits(get_model("qwen3-32b"), "fp16", tp=1)

@@ -120,3 +120,26 @@ def test_bad_step_rows(tmp_path, row, match):
     with pytest.raises(InputError, match=match) as info:
         read_measurements(path)
     assert "line 2" in str(info.value)
+
+
+def test_refimpl_layouts_of_medusa_and_ss_and_their_bad_arguments():
+    """Medusa heads sharing a shortlisted classifier on one row cost less than the paper's heads;
+    ss stream rows cost less than a pass over every layer; bad sizes are refused by name."""
+    from hwmodels import stream_pass_seconds
+    device = get_device("a100-80gb")
+    paper = head_pass_seconds("medusa", "vicuna-7b", device, 1, 512, heads=3)
+    shared = head_pass_seconds("medusa", "vicuna-7b", device, 1, 512, heads=3, shared_classifier=True)
+    shortlist = head_pass_seconds("medusa", "vicuna-7b", device, 1, 512, heads=3, vocab=500, shared_classifier=True)
+    assert shortlist < shared < paper
+    streams = stream_pass_seconds("vicuna-7b", device, 3, 512, stream_layers=4, vocab=500)
+    full = forward_latency("vicuna-7b", device, 3, 512).seconds
+    assert 0 < streams < full
+    assert stream_pass_seconds("vicuna-7b", device, 3, 512, stream_layers=8, vocab=500) > streams
+    parts = step_parts("ss", "vicuna-7b", device, 4, 512, draft_rows=(3,), stream_layers=4, vocab=500)
+    assert parts["draft"] == pytest.approx(streams) and parts["host"] == host_seconds("ss", device, 4)
+    with pytest.raises(InputError, match="stream_layers"):
+        stream_pass_seconds("vicuna-7b", device, 3, 512, stream_layers=33)
+    with pytest.raises(InputError, match="vocab"):
+        head_pass_seconds("medusa", "vicuna-7b", device, 1, 512, vocab=0)
+    with pytest.raises(InputError, match="stream layers"):
+        step_parts("ss", "vicuna-7b", device, 4, 512, draft_rows=(3,))

@@ -91,6 +91,8 @@ def _bad_trace(tmp_path, header_changes=None, record_changes=None):
     (["--acceptance", "1.5"], "--acceptance"),
     (["--tasks", "qa"], "--tasks: give Spec-Bench tasks or a synthetic workload"),
     (["--gamma", "-1"], "--gamma"),
+    (["--memory-contention", "0.5"], "--memory-contention: must be a number in [1, 1000]"),
+    (["--compute-contention", "nan"], "--compute-contention"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
     assert main(["simulate", *SMALL, *argv]) == 2

@@ -73,8 +73,9 @@ def configurations(args, streams, heads, model, extra_streams=()):
         grid += [dict(base, schedule="fused"), dict(base, schedule="fused", tree_k=max(ks))]
     for params in grid:
         yield ss_label(streams, params), "ss", dict(params, streams=streams)
-    for other in extra_streams:
-        yield ss_label(other, base), "ss", dict(base, streams=other)
+    for other in extra_streams:       # each at its own number of streams
+        params = dict(base, gamma=other.gamma)
+        yield ss_label(other, params), "ss", dict(params, streams=other)
     if heads is not None:
         for gamma in gammas if args.full_grid else [max(gammas)]:
             for k in ks:
@@ -150,8 +151,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=str(CHECKPOINTS / "stories15M" / "stories15M.bin"))
     ap.add_argument("--streams", help="streams file (default: the shipped one)")
     ap.add_argument("--streams-ns", metavar="FILES",
-                    help="more streams files, comma-separated (e.g. trained with other --stream-layers N_s): "
-                         "the base ss configuration with each")
+                    help="more streams files, comma-separated (e.g. trained with other --stream-layers N_s or "
+                         "--streams): the base ss configuration with each, gamma = its number of streams")
     ap.add_argument("--heads", help="Medusa heads file (default: the shipped one, if any)")
     ap.add_argument("--prompts", type=int, default=20)
     ap.add_argument("--new-tokens", type=int, default=128)

@@ -63,7 +63,7 @@ def configurations(model):
             ("sd (2-layer draft, γ=2)", "sd", dict(draft=model.first_layers(2), gamma=2, tree_k=1)),
             ("lookup (γ=1)", "lookup", dict(gamma=1, ngram=2)),
             ("medusa (γ=3, chain)", "medusa", dict(heads=heads, gamma=3, tree_k=1)),
-            ("ss (γ=3, chain, deferred)", "ss", dict(streams=streams, gamma=3, tree_k=1, schedule="deferred"))], \
+            ("ss (γ=3, chain, fused)", "ss", dict(streams=streams, gamma=3, tree_k=1, schedule="fused"))], \
         streams, heads
 
 

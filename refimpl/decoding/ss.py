@@ -43,7 +43,7 @@ from refimpl.trees import TokenTree, full_tree_size
 from refimpl.verify import MATCH, VERIFY_RULES, PositionKeyed, sampled_children, top_children
 
 FUSED, DEFERRED = "fused", "deferred"
-SCHEDULES = (DEFERRED, FUSED)
+SCHEDULES = (FUSED, DEFERRED)
 MAX_TREE_K = 8
 
 
@@ -222,7 +222,7 @@ def with_gamma(streams: Streams, gamma: int | None) -> Streams:
 
 def speculative_streaming(model, prompt_ids, settings: SamplingSettings, max_new_tokens: int, streams=None,
                           gamma: int | None = None, tree_k: int = 1, verify: str = MATCH,
-                          schedule: str = DEFERRED, prune_threshold: float = 0.0, cache=None):
+                          schedule: str = FUSED, prune_threshold: float = 0.0, cache=None):
     """Speculative Streaming; the step generator of refimpl.decoding."""
     check_params(model, streams, gamma, tree_k, verify, schedule, prune_threshold)
     token_budget(model, prompt_ids, max_new_tokens)

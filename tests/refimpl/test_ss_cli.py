@@ -108,15 +108,26 @@ def test_train_streams_writes_a_loadable_file_and_resumes(capsys, files):
 def test_trace_records_the_stream_rows_as_a_draft_pass_of_the_last_layers(capsys, files):
     from refimpl.trace import read_trace
 
-    path = files / "t.jsonl"
+    traces = {}
+    for schedule in ("deferred", "fused"):
+        traces[schedule] = path = files / f"{schedule}.jsonl"
+        generate_json(capsys, "--model", str(files / "tiny.bin"), "--method", "ss", "--streams",
+                      str(files / "ss.safetensors"), "--schedule", schedule, "--trace", str(path))
+        header, records = read_trace(path)
+        assert header.method == "ss" and header.params["stream_layers"] == 2 and header.params["gamma"] == 3
+        assert header.params["schedule"] == schedule and header.draft["num_hidden_layers"] == 2
+        steps = [r for r in records if not r.prefill]
+        assert steps and all(r.draft_passes == 1 for r in steps)
+        assert all(r.target_tokens == r.proposed + 1 for r in steps)
+        if schedule == "deferred":       # the accepted node's 3 streams
+            assert all(r.draft_tokens_per_pass == 3 for r in steps)
+        else:                            # every node of the pass before carried its 3 streams (prefill: its last row)
+            before = [1] + [r.target_tokens for r in steps[:-1]]
+            assert [r.draft_tokens_per_pass for r in steps] == [3 * n for n in before]
+    default = files / "default.jsonl"
     generate_json(capsys, "--model", str(files / "tiny.bin"), "--method", "ss", "--streams",
-                  str(files / "ss.safetensors"), "--trace", str(path))
-    header, records = read_trace(path)
-    assert header.method == "ss" and header.params["stream_layers"] == 2 and header.params["gamma"] == 3
-    assert header.draft["num_hidden_layers"] == 2
-    steps = [r for r in records if not r.prefill]
-    assert steps and all(r.draft_passes == 1 and r.draft_tokens_per_pass == 3 for r in steps)
-    assert all(r.target_tokens == r.proposed + 1 for r in steps)
+                  str(files / "ss.safetensors"), "--trace", str(default))
+    assert read_trace(default)[0].params["schedule"] == "fused"
 
 
 def test_streams_trained_for_a_cut_draft_drive_mirror_and_fit_only_that_draft(capsys, files):

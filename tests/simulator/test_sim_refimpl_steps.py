@@ -230,6 +230,6 @@ def test_refimpl_records_what_the_replay_needs(tmp_path, capsys):
     streams, heads = load_streams(shipped(target, "streams"), target), load_heads(shipped(target, "heads"), target)
     ss, medusa = drafting_of(found["ss"][0].header), drafting_of(found["medusa"][0].header)
     assert (ss.method, ss.vocab, ss.stream_layers, ss.schedule) == ("ss", len(streams.vocabulary), streams.n_layers,
-                                                                     "deferred")
+                                                                     "fused")     # the CLI's default
     assert (medusa.method, medusa.vocab, medusa.gamma) == ("medusa", len(heads.vocabulary), heads.gamma)
     assert traces_rollout(found["mirror"]) == "tree"

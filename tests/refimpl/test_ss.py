@@ -232,3 +232,28 @@ def test_bad_parameters_are_one_clear_error():
         speculative_streaming(other, [4, 5], SamplingSettings(), 5, streams=streams)
     with pytest.raises(InputError, match="stream layers"):
         speculative_streaming(model, [4, 5], SamplingSettings(), 5, streams=random_streams(model, 3, 3, 0))
+
+
+@pytest.mark.parametrize("shortlist", [False, True])
+def test_the_early_exit_transition_is_the_softmax_of_the_adapted_head_over_the_shortlist(shortlist):
+    """Pruning's transition probabilities, rebuilt from the model's full head: softmax of
+    head(x + x @ down @ up), restricted to the streams' shortlist (0 outside it)."""
+    from refimpl.streams import early_exit_probabilities
+
+    model = random_model(ModelConfig(dim=16, hidden_dim=24, n_layers=3, n_heads=2, n_kv_heads=1, vocab_size=60,
+                                     seq_len=32), 3)
+    streams = random_streams(model, 2, 1, seed=4, scale=2.0)
+    rng = np.random.default_rng(5)
+    if shortlist:
+        streams.vocabulary = np.sort(rng.choice(60, 17, replace=False))
+    x = rng.standard_normal((4, 16)).astype(np.float32)
+    got = early_exit_probabilities(model, streams, x)
+    adapted = x + (x.astype(np.float64) @ streams.prune_down @ streams.prune_up).astype(np.float32)
+    logits = model.head(adapted).astype(np.float64)
+    if shortlist:
+        outside = np.setdiff1d(np.arange(60), streams.vocabulary)
+        logits[:, outside] = -np.inf
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    assert np.allclose(got, expected, rtol=1e-4, atol=1e-7)
+    assert np.allclose(got.sum(axis=1), 1.0)

@@ -87,6 +87,16 @@ class Streams:
         shortlist when there is one (-inf elsewhere; proposals only, so still lossless)."""
         return shortlist_logits(model, self.vocabulary, self.packed, hidden)
 
+    def top_tokens(self, model, hidden: np.ndarray) -> list[int]:
+        """Each row's most likely token under `logits` (ties: the lower id, the shortlist being
+        sorted), without building full-vocabulary rows."""
+        if self.vocabulary is None:
+            return np.argmax(model.head(hidden), axis=1).tolist()
+        normed = np.empty_like(hidden)
+        kernels.rmsnorm(hidden, model.final_norm, model.eps, normed)
+        columns = shortlist_columns(model, self.vocabulary, self.packed, normed)
+        return self.vocabulary[np.argmax(columns, axis=1)].tolist()
+
     def split(self, model) -> int:
         """The layer where the streams start, N - N_s."""
         return model.config.n_layers - self.n_layers

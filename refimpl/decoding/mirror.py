@@ -152,7 +152,7 @@ class DraftState:
         hidden, stream_rows = run_with_streams(model, streams, hidden, positions, mask, self.cache, nodes)
         if commit:
             self.cache.commit(len(tokens))
-        return [[top_children(row, 1)[0]] + [top_children(s, 1)[0] for s in streams.logits(model, rows)]
+        return [[top_children(row, 1)[0]] + streams.top_tokens(model, rows)
                 for row, rows in zip(model.head(hidden[nodes]), stream_rows)]
 
     def chain(self, root: int, depth: int) -> list[int]:

@@ -257,3 +257,13 @@ def test_the_early_exit_transition_is_the_softmax_of_the_adapted_head_over_the_s
     expected /= expected.sum(axis=1, keepdims=True)
     assert np.allclose(got, expected, rtol=1e-4, atol=1e-7)
     assert np.allclose(got.sum(axis=1), 1.0)
+
+
+def test_top_tokens_is_the_argmax_of_the_stream_logits_with_and_without_a_shortlist():
+    model = random_model(ModelConfig(dim=16, hidden_dim=24, n_layers=3, n_heads=2, n_kv_heads=1, vocab_size=60,
+                                     seq_len=32), 3)
+    streams = random_streams(model, 2, 1, seed=4)
+    hidden = np.random.default_rng(6).standard_normal((5, 16)).astype(np.float32)
+    for vocabulary in (None, np.sort(np.random.default_rng(7).choice(60, 9, replace=False))):
+        streams.vocabulary, streams.packed = vocabulary, {}
+        assert streams.top_tokens(model, hidden) == np.argmax(streams.logits(model, hidden), axis=1).tolist()

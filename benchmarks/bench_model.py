@@ -11,7 +11,7 @@ Prints four tables:
    its build.sh) timed alternately in the same run, best of --rounds each, the ratio of the
    bests (target >= 1.0), each side's worst/best spread (how noisy the machine was) and,
    on one thread, the ratio of forward passes per CPU second;
-4. the verification cost curve: one forward pass of n = 1..64 new tokens over a 128-token
+4. the verification cost curve: one forward pass of n = 1..9, 16, 32, 64 new tokens over a 128-token
    cached context, best of 10 (wall time; on one thread also this thread's CPU time), its
    ratio to n = 1 (targets on one thread: n=4 <= 1.3, n=8 <= 1.8), and the floor
    max(weight bytes / bandwidth, multiply-adds / multiply-add rate) with that floor's own
@@ -164,7 +164,7 @@ def verification_curve(model, threads: int, rates: dict, context: int = 128) -> 
     cache = model.new_cache()
     model.forward(np.ones(context, dtype=np.int64), np.arange(context), cache)
     rows = []
-    for n in (1, 2, 4, 8, 16, 32, 64):
+    for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 32, 64):
         tokens, positions = np.ones(n, dtype=np.int64), np.arange(context, context + n)
         seconds = best_of(lambda: model.forward(tokens, positions, cache, commit=False), 10)
         floor = max(model.weight_bytes() / (rates["read_gb_per_s"] * 1e9),

@@ -16,12 +16,14 @@ output columns, each stored as 4 strips of STRIP = 16 columns:
 per pass; the accumulators live in registers (small stack arrays, see
 `stack_f32`), and each input value updates many independent accumulators, so
 the compiler vectorises across outputs without touching any sum's order. One
-row goes alone (64 accumulators); two to seven rows go in blocks of four rows
-by 64 columns (two or three rows fill a block by repeating the last), eight or
-more in blocks of eight rows by 32 columns, so that each weight vector loaded
-feeds four or eight rows. The block that streams the group from memory also
-prefetches what follows (`prefetch`), so the arithmetic of several rows
-overlaps the memory traffic; the other blocks reuse the group from cache. A
+row goes alone (64 accumulators); two or more go in blocks of eight rows by 32
+columns (fewer than eight fill a block by repeating the last row), so that each
+weight vector loaded feeds eight rows. (Blocks of four rows by 64 columns, tried
+before, made 2-4 rows cost 1.2-1.4x one row and 5-7 rows 1.8x; blocks of eight
+make them 1.0-1.4x: `benchmarks/bench_model.py`'s verification curve.) The
+block that streams the group from memory also prefetches what follows
+(`prefetch`), so the arithmetic of several rows overlaps the memory traffic;
+the other blocks reuse the group from cache. A
 last partial block reaches back to rows already done and recomputes them, to
 the same bits. Threads split the groups; a reduction is never split across
 threads.
@@ -68,6 +70,7 @@ event.register("numba:compile", _CompileNotice())
 TILE = 64    # output columns per packed group
 STRIP = 16   # output columns per strip (one AVX-512 register)
 PAIR = 32    # two strips: the columns of one eight-row block
+ROW_BLOCK = 8  # rows per matmul block when a pass has two or more rows (`_eight_rows`)
 
 
 @intrinsic
@@ -131,51 +134,21 @@ def padded_width(n_out: int) -> int:
 
 
 @njit(cache=True, nogil=True)
-def _four_rows(x, r0, r1, r2, r3, packed, g, ahead, out):
-    """Rows r0..r3 of group g (a row may repeat: it is then computed twice, to the same
-    bits), all four strips at once (4 x 64 accumulators, 16 AVX-512 registers): each weight
-    vector loaded feeds four rows. It also prefetches the weights `ahead` floats further on
-    (the next group, for the block that streams from memory), so that memory traffic
-    overlaps the arithmetic instead of alternating with it."""
-    n_in = x.shape[1]
-    group = packed[g]
-    a0 = stack_f32(TILE)
-    a1 = stack_f32(TILE)
-    a2 = stack_f32(TILE)
-    a3 = stack_f32(TILE)
-    for j in range(TILE):
-        a0[j] = 0.0
-        a1[j] = 0.0
-        a2[j] = 0.0
-        a3[j] = 0.0
-    for i in range(n_in):
-        x0 = x[r0, i]
-        x1 = x[r1, i]
-        x2 = x[r2, i]
-        x3 = x[r3, i]
-        for s in range(TILE // STRIP):
-            prefetch(packed, ((g * (TILE // STRIP) + s) * n_in + i) * STRIP + ahead)
-        for s in range(TILE // STRIP):
-            for j in range(STRIP):
-                w = group[s, i, j]
-                a0[s * STRIP + j] += x0 * w
-                a1[s * STRIP + j] += x1 * w
-                a2[s * STRIP + j] += x2 * w
-                a3[s * STRIP + j] += x3 * w
-    c = g * TILE
-    for j in range(TILE):
-        out[r0, c + j] = a0[j]
-        out[r1, c + j] = a1[j]
-        out[r2, c + j] = a2[j]
-        out[r3, c + j] = a3[j]
-
-
-@njit(cache=True, nogil=True)
-def _eight_rows(x, r, packed, g, s0, ahead, out):
+def _eight_rows(x, r, last, packed, g, s0, ahead, out):
     """Rows r..r+7 of group g, strips s0 and s0+1 (8 x 32 accumulators, 16 AVX-512
-    registers): each weight vector loaded feeds eight rows. Prefetches `ahead` floats on."""
+    registers): each weight vector loaded feeds eight rows. Rows past `last` repeat it
+    (computed again, to the same bits), so that fewer than eight rows fill a block.
+    Prefetches `ahead` floats on."""
     n_in = x.shape[1]
     group = packed[g]
+    r0 = min(r, last)
+    r1 = min(r + 1, last)
+    r2 = min(r + 2, last)
+    r3 = min(r + 3, last)
+    r4 = min(r + 4, last)
+    r5 = min(r + 5, last)
+    r6 = min(r + 6, last)
+    r7 = min(r + 7, last)
     a0 = stack_f32(PAIR)
     a1 = stack_f32(PAIR)
     a2 = stack_f32(PAIR)
@@ -196,14 +169,14 @@ def _eight_rows(x, r, packed, g, s0, ahead, out):
     for i in range(n_in):
         for s in range(2):
             prefetch(packed, ((g * (TILE // STRIP) + s0 + s) * n_in + i) * STRIP + ahead)
-        x0 = x[r, i]
-        x1 = x[r + 1, i]
-        x2 = x[r + 2, i]
-        x3 = x[r + 3, i]
-        x4 = x[r + 4, i]
-        x5 = x[r + 5, i]
-        x6 = x[r + 6, i]
-        x7 = x[r + 7, i]
+        x0 = x[r0, i]
+        x1 = x[r1, i]
+        x2 = x[r2, i]
+        x3 = x[r3, i]
+        x4 = x[r4, i]
+        x5 = x[r5, i]
+        x6 = x[r6, i]
+        x7 = x[r7, i]
         for s in range(2):
             for j in range(STRIP):
                 w = group[s0 + s, i, j]
@@ -217,14 +190,14 @@ def _eight_rows(x, r, packed, g, s0, ahead, out):
                 a7[s * STRIP + j] += x7 * w
     c = g * TILE + s0 * STRIP
     for j in range(PAIR):
-        out[r, c + j] = a0[j]
-        out[r + 1, c + j] = a1[j]
-        out[r + 2, c + j] = a2[j]
-        out[r + 3, c + j] = a3[j]
-        out[r + 4, c + j] = a4[j]
-        out[r + 5, c + j] = a5[j]
-        out[r + 6, c + j] = a6[j]
-        out[r + 7, c + j] = a7[j]
+        out[r7, c + j] = a7[j]
+        out[r6, c + j] = a6[j]
+        out[r5, c + j] = a5[j]
+        out[r4, c + j] = a4[j]
+        out[r3, c + j] = a3[j]
+        out[r2, c + j] = a2[j]
+        out[r1, c + j] = a1[j]
+        out[r0, c + j] = a0[j]
 
 
 @njit(cache=True, nogil=True)
@@ -249,32 +222,24 @@ def _one_row(x, r, group, out, col0):
 def _matmul_group(x, packed, g, out):
     """Columns g*64..g*64+63 of out = x @ W.T for every row: the group's work unit.
 
-    One row: 64 accumulators, the group streamed once. Two to seven rows: blocks of
-    four rows by 64 columns (two or three rows fill a block by repeating the last).
-    Eight or more: blocks of eight rows by 32 columns. The first block streams the
-    group from memory and prefetches what follows; the others reuse it from cache.
-    A last partial block reaches back to rows already done and recomputes them:
-    every element's sum is the same whichever block computes it, so the bits are."""
+    One row: 64 accumulators, the group streamed once. Two or more: blocks of eight
+    rows by 32 columns (fewer than eight rows fill a block by repeating the last). The
+    first block streams the group from memory and prefetches what follows; the others
+    reuse it from cache. A last partial block reaches back to rows already done and
+    recomputes them: every element's sum is the same whichever block computes it, so
+    the bits are."""
     n_rows = x.shape[0]
     if n_rows == 1:
         _one_row(x, 0, packed[g], out, g * TILE)
-    elif n_rows < 8:
-        ahead = packed.shape[1] * packed.shape[2] * packed.shape[3]  # one group on
-        r = 0
-        while r < n_rows:
-            start = max(min(r, n_rows - 4), 0)
-            last = n_rows - 1
-            _four_rows(x, start, min(start + 1, last), min(start + 2, last), min(start + 3, last),
-                       packed, g, ahead if r == 0 else 0, out)
-            r = start + 4
-    else:
-        ahead = 2 * packed.shape[2] * packed.shape[3]  # two strips on
-        r = 0
-        while r < n_rows:
-            start = min(r, n_rows - 8)
-            _eight_rows(x, start, packed, g, 0, ahead if r == 0 else 0, out)
-            _eight_rows(x, start, packed, g, 2, ahead if r == 0 else 0, out)
-            r = start + 8
+        return
+    ahead = 2 * packed.shape[2] * packed.shape[3]  # two strips on
+    last = n_rows - 1
+    r = 0
+    while r < n_rows:
+        start = max(min(r, n_rows - ROW_BLOCK), 0)
+        _eight_rows(x, start, last, packed, g, 0, ahead if r == 0 else 0, out)
+        _eight_rows(x, start, last, packed, g, 2, ahead if r == 0 else 0, out)
+        r = start + ROW_BLOCK
 
 
 @njit(parallel=True, cache=True, nogil=True)

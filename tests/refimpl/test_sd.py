@@ -3,7 +3,7 @@ and sampled) for random tiny models, drafts, prompts, gamma and tree shapes; the
 ends bit-identical to plain decoding's; top-k/top-p are never escaped; bad input is one line."""
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from refimpl.decoding.sd import speculative
 from refimpl.errors import InputError
@@ -49,9 +49,11 @@ def cases(draw):
 
 def test_exact_match_gives_the_tokens_of_ar():
     """The property, with its examples' coverage asserted: steps rejected at depths 1-3,
-    partial and full acceptance."""
+    partial and full acceptance. Derandomized in every profile: 30 random examples miss a
+    depth-3 rejection about one run in three, and a coverage check must not be flaky."""
     coverage = StepCoverage()
 
+    @hypothesis_settings(derandomize=True)
     @given(case=cases(), gamma=st.integers(1, 5), tree_k=st.sampled_from([1, 1, 2, 3]),
            max_new=st.sampled_from([0, 1, 20, 40, 60]))
     def check(case, gamma, tree_k, max_new):

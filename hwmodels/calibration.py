@@ -226,7 +226,7 @@ class _Problem:
                 _step_value(rows[i], devices[rows[i].device])
             except InputError as exc:
                 raise InputError(f"{rows[i].where or 'calibration'}: {exc}") from None
-        works = {i: _row_work(r) for i, r in enumerate(rows) if not r.method}
+        works = {i: _row_work(r, devices[r.device].row_block) for i, r in enumerate(rows) if not r.method}
         self.groups = {}  # device key -> (forward-pass row indices, stacked Work, peak FLOP/s per row)
         for key in devices:
             idx = np.array([i for i, d in enumerate(self.device_of) if d == key and i in works], dtype=int)
@@ -264,10 +264,11 @@ class _Problem:
         return out[np.asarray(indices)]
 
 
-def _row_work(row: Measurement) -> Work:
+def _row_work(row: Measurement, row_block: int) -> Work:
     try:
         return pass_work(get_model(row.model), row.n, row.L, batch=row.B, tp=row.G, dtype=row.dtype,
-                         layers=row.layers, classifier=row.classifier, sharding=row.sharding)
+                         layers=row.layers, classifier=row.classifier, sharding=row.sharding,
+                         row_block=row_block)
     except InputError as exc:
         raise InputError(f"{row.where or 'calibration'}: {exc}") from None
 

@@ -68,6 +68,10 @@ def apply_calibration(device: Device, calibration_name: str) -> Device:
     sources = dict(device.sources)
     for name in params:
         sources[name] = f"calibration {calibration_name}: {cal['source']}"
+    # settings the fit was made with, not fitted (the kernels' row blocking), each with its source
+    for name, setting in cal.get("settings", {}).items():
+        params[name] = setting["value"]
+        sources[name] = f"calibration {calibration_name}: {setting['source']}"
     # A measured device (the CPU) is calibrated against the rates its micro-benchmark
     # gave when the fit was made; pinning them keeps the calibrated device independent
     # of the noise of later micro-benchmarks on a shared machine.

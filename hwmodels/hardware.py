@@ -43,6 +43,12 @@ PARAM_BOUNDS = {
 STEP_FIELDS = ("step_overhead_s", "tree_row_overhead_s", "draft_pass_overhead_s")
 
 
+def blocked_rows(rows: int, row_block: int) -> int:
+    """The rows a matmul over `rows` rows computes on a device of `row_block`: a whole number
+    of blocks (a single row: just itself)."""
+    return rows if rows <= 1 else -(-rows // row_block) * row_block
+
+
 def _positive(owner: str, what: str, value: float) -> float:
     value = float(value)
     if not math.isfinite(value) or value <= 0:
@@ -117,6 +123,10 @@ class Device:
     step_overhead_s: float = 0.0        # host work per speculative step beyond an AR step's
     tree_row_overhead_s: float = 0.0    # per verified row: tree mask, candidate gather, cache compaction
     draft_pass_overhead_s: float = 0.0  # launch cost of one draft/head pass (a small forward of its own)
+    # Rows per matmul block: a matmul over two or more rows computes them in blocks of this many
+    # (the last one filled up: its spare rows cost what real ones do); a single row runs a
+    # matrix-vector loop of its own. 1 (the default) is a roofline with no blocking.
+    row_block: int = 1
     tp_link: Link | None = None
     calibration: str | None = None
     sources: dict = field(default_factory=dict, compare=False)
@@ -141,6 +151,8 @@ class Device:
         _non_negative(owner, "score_overhead_s", self.score_overhead_s)
         for name in STEP_FIELDS:
             _non_negative(owner, name, getattr(self, name))
+        if isinstance(self.row_block, bool) or not isinstance(self.row_block, int) or self.row_block < 1:
+            raise InputError(f"{owner}: row_block must be an integer >= 1, got {self.row_block!r}")
 
     # ----- rates ---------------------------------------------------------
     def peak(self, dtype: str) -> float:
@@ -213,7 +225,7 @@ class Device:
         fields = ("key", "name", "kind", "peak_flops", "memory_bandwidth", "memory_capacity",
                   "compute_efficiency", "memory_efficiency", "overlap", "pass_overhead_s",
                   "layer_overhead_s", "dot_overhead_s", "score_overhead_s", *STEP_FIELDS,
-                  "memory_usable_fraction", "calibration")
+                  "row_block", "memory_usable_fraction", "calibration")
         out = {name: getattr(self, name) for name in fields}
         out["peak_flops"] = dict(self.peak_flops)
         out["tp_link"] = self.tp_link.key if self.tp_link else None

@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .devices import get_device, get_link
-from .hardware import Device, Link
+from .hardware import Device, Link, blocked_rows
 from .dtypes import activation_bytes_per_element, check_dtype, weight_bytes_per_element
 from .errors import InputError
 from .models import ModelShape, get_model
@@ -136,8 +136,9 @@ def _collectives(shape: ModelShape, a: int, b: int, sharding: str, spd_segments:
 
 def pass_work(shape: ModelShape, n_tokens: int, context: int, *, batch: int = 1, tp: int = 1,
               dtype: str = "fp16", layers=None, classifier=None, sharding: str = "megatron",
-              spd_segments: int = 2) -> Work:
-    """The FLOPs, bytes and collectives of one pass on one of `tp` devices."""
+              spd_segments: int = 2, row_block: int = 1) -> Work:
+    """The FLOPs, bytes and collectives of one pass on one of `tp` devices; the matmuls
+    compute their rows in blocks of `row_block` (the device's, `blocked_rows`)."""
     n = _int_option("tokens", n_tokens, 1)
     L = _int_option("context", context, 0)
     B = _int_option("batch", batch, 1)
@@ -153,10 +154,11 @@ def pass_work(shape: ModelShape, n_tokens: int, context: int, *, batch: int = 1,
     wb, ab = weight_bytes_per_element(dtype), activation_bytes_per_element(dtype)
 
     tokens = B * n
+    rows = blocked_rows(tokens, row_block)   # what the matmuls compute
     matmuls = shape.block_matmuls()
     keys_read = L + n                    # the cache plus the new keys, read once per sequence
     mean_keys = L + (n + 1) / 2          # causal: token i sees L + i + 1 keys
-    block_flops = (2 * tokens * sum(i * o for i, o in matmuls)
+    block_flops = (2 * rows * sum(i * o for i, o in matmuls)
                    + 4 * tokens * mean_keys * shape.q_dim) / G
     block_bytes = (shape.block_params() * wb
                    + B * (keys_read + n) * 2 * shape.kv_dim * ab
@@ -166,7 +168,7 @@ def pass_work(shape: ModelShape, n_tokens: int, context: int, *, batch: int = 1,
     head_flops = head_bytes = head_dots = 0.0
     if with_head:
         h, v = shape.hidden_size, shape.vocab_size
-        head_flops = 2 * tokens * v * h / G
+        head_flops = 2 * rows * v * h / G
         head_bytes = (v * h * wb + tokens * (h + v) * ab) / G
         head_dots = tokens * v / G
     collectives = _collectives(shape, a, b, sharding, segments) if G > 1 else 0
@@ -205,7 +207,8 @@ def matmuls_seconds(device: Device, matmuls, tokens: int, dtype: str = "fp16", t
     """
     wb, ab = weight_bytes_per_element(check_dtype(dtype)), activation_bytes_per_element(dtype)
     weights = sum(i * o for i, o in matmuls)
-    flops = 2 * tokens * weights / tp
+    rows = blocked_rows(tokens, device.row_block)
+    flops = 2 * rows * weights / tp
     nbytes = (weights * wb + tokens * sum(i + o for i, o in matmuls) * ab) / tp
     dots = tokens * sum(o for _, o in matmuls) / tp
     charged_compute, charged_memory, _, _ = _roofline(flops, nbytes, dots, 0.0, device.peak(dtype), device)
@@ -234,7 +237,8 @@ def forward_latency(shape_or_name, device_or_name, n_tokens: int, context: int, 
     device = get_device(device_or_name)
     peak = device.peak(dtype)
     work = pass_work(shape, n_tokens, context, batch=batch, tp=tp, dtype=dtype, layers=layers,
-                     classifier=classifier, sharding=sharding, spd_segments=spd_segments)
+                     classifier=classifier, sharding=sharding, spd_segments=spd_segments,
+                     row_block=device.row_block)
     parts = {k: float(v) for k, v in time_parts(work, device, peak, _tp_link(device, work.tp, link)).items()}
     breakdown = {k: parts[k] for k in ("compute", "memory", "overhead", "communication")}
     a, b = shape.check_layers(layers)

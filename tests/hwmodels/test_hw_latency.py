@@ -151,3 +151,28 @@ def test_device_without_dtype_or_link():
         forward_latency("qwen3-0.6b", "m2-ultra-ane", 1, 0, dtype="fp32")
     with pytest.raises(InputError, match="no tensor-parallel link"):
         forward_latency("qwen3-0.6b", "sd8g3-adreno", 1, 0, tp=2)
+
+
+def test_row_blocks_charge_whole_blocks_of_matmul_work_and_nothing_else():
+    """On a device of row_block 8, a matmul of 2..8 rows computes one block of eight, 9..16 two:
+    the matmul FLOPs of 3 rows are those of 8 without blocking; one row is just itself; the
+    attention FLOPs, the bytes and the per-row dot products stay those of the real rows."""
+    shape = get_model("stories15m")
+    plain = {n: pass_work(shape, n, 64, dtype="fp32") for n in (1, 3, 8, 9, 16)}
+    blocked = {n: pass_work(shape, n, 64, dtype="fp32", row_block=8) for n in (1, 3, 8, 9, 16)}
+    attention = {n: 4 * n * (64 + (n + 1) / 2) * shape.q_dim * shape.n_layers for n in plain}
+    assert blocked[1] == plain[1] and blocked[8] == plain[8] and blocked[16] == plain[16]
+    for n, block in ((3, 8), (9, 16)):
+        assert blocked[n].block_flops - attention[n] == pytest.approx(plain[block].block_flops - attention[block])
+        assert blocked[n].head_flops == pytest.approx(plain[block].head_flops)
+        assert (blocked[n].block_bytes, blocked[n].block_dots) == (plain[n].block_bytes, plain[n].block_dots)
+    cpu = get_device("cpu@datasheet")
+    slow = cpu.with_params(peak_flops={"fp32": 1e9})   # compute-bound: the padding shows in the time
+    assert forward_latency(shape, slow.with_params(row_block=8), 3, 64, dtype="fp32").seconds == pytest.approx(
+        forward_latency(shape, slow, 8, 64, dtype="fp32").seconds, rel=0.02)
+
+
+@pytest.mark.parametrize("value", [0, -8, 2.5, True, "8"])
+def test_row_block_must_be_a_positive_integer(value):
+    with pytest.raises(InputError, match="row_block"):
+        get_device("cpu@datasheet").with_params(row_block=value)

@@ -9,23 +9,28 @@ record the same steps, and each step keeps its fastest round (best of several, s
 step: a step that another job's time slice hit in one round is clean in another).
 
 1. Calibration, on its own prompts: refimpl (stories15M, one numba thread) decodes
-   the calibration prompts with `ar` and with `lookup` (γ = 1 and 3); every ar step is a one-row
-   point at its context, passes of 2..16 rows are timed over those prompts' KV caches,
-   and every lookup step (a verification pass and the speculative loop's host work,
-   no draft) is a step point. The `cpu` device (the micro-benchmarked bandwidth and
-   FMA rate) is fitted to these points with hwmodels' least squares: the pass
-   parameters as experiments/calibrate_cpu.py fits the shipped `cpu-refimpl`
-   calibration, and the host work a speculative step adds (`step_overhead_s`,
-   `tree_row_overhead_s`, shared by every method).
+   the calibration prompts with `ar`, with `lookup` (γ = 1 and 3) and with `medusa`; every
+   ar step is a one-row point at its context, every round also times passes of 2..16 rows
+   (each kept at its fastest round), and every lookup step (a verification pass and the
+   speculative loop's host work, no draft) is a step point. The `cpu` device (the best
+   bandwidth and FMA rate numpy or refimpl's kernel reach, refimpl's row blocks) is fitted
+   to these points with hwmodels' robust least squares (soft_l1: a step another job slowed
+   does not pull the fit): the pass parameters as experiments/calibrate_cpu.py fits the
+   shipped `cpu-refimpl` calibration, and the host work a speculative step adds
+   (`step_overhead_s`, `tree_row_overhead_s`, shared by every method). Medusa's runs then
+   give the fixed cost of a head or stream pass (`draft_pass_overhead`: the numpy calls
+   around the heads' and the draft classifier's matmuls), shared by medusa and ss.
 2. Validation, on other prompts: each method decodes the validation prompts.
    Measured speedup = the summed wall time of `ar`'s traces over the method's.
    Predicted speedup = the simulator's replay of the method's traces on the fitted
    device over its replay of the same tokens as `ar`; ss and medusa traces say how
    their draft passes ran (stream layers, shortlist: `simulator.workload.drafting_of`).
    `mirror --overlap` (two threads) replays with the draft on a second core whose
-   concurrent work shares the memory bus with the target's (`memory_contention`, from the
-   one- and two-stream bandwidths measured here) and, where other jobs leave no second core
-   free, the cores (`compute_contention`, from the one- and two-thread matmul rates).
+   concurrent work shares the memory bus with the target's (`memory_contention`, from
+   refimpl's kernel streaming alone and two at once) and, where other jobs leave no second
+   core free, the cores (`compute_contention`, from the one- and two-thread matmul rates).
+   Runs go prompt by prompt, every method in turn, so that the host's slow changes of
+   speed reach every method alike.
 Target (issue 13): predicted within 10 % of measured for every method.
 """
 from __future__ import annotations
@@ -56,13 +61,16 @@ METHODS = {
     "mirror --overlap": [*MIRROR, "--overlap"],
 }
 #: The calibration's runs: lookup's steps are verification passes of 2 and 4 rows run inside
-#: the speculative loop, with its host work and no draft work.
+#: the speculative loop, with its host work and no draft work; medusa's, beside ar's, give the
+#: fixed cost of a head or stream pass (`draft_pass_overhead`).
 CALIBRATION_RUNS = {"ar": [], "lookup": METHODS["lookup"],
-                    "lookup --gamma 3": ["--method", "lookup", "--gamma", "3", "--ngram", "2"]}
+                    "lookup --gamma 3": ["--method", "lookup", "--gamma", "3", "--ngram", "2"],
+                    "medusa": METHODS["medusa"]}
+LOOKUP_RUNS = ("lookup", "lookup --gamma 3")
 RUNS = {**METHODS, **CALIBRATION_RUNS}
 #: Runs on two threads (the draft on the second); every other run uses one.
 TWO_THREADS = ("mirror --overlap",)
-PASS_ROWS = (2, 4, 8, 16)
+PASS_ROWS = (2, 3, 4, 6, 8, 12, 16)
 #: The host work of a speculative step, fitted on the calibration prompts' lookup steps.
 HOST_FREE = ["step_overhead_s", "tree_row_overhead_s"]
 TARGET_REL_ERROR = 0.10
@@ -83,7 +91,7 @@ def _generate_argv(point: tuple) -> list[str]:
 def record_traces(points: list[tuple]) -> None:
     """Run `mirrorstream generate --trace` for each (run, prompt, new tokens, trace path), one after
     another in one fresh process (two numba threads, one per run unless it overlaps; one-thread
-    BLAS), so that no run pays the process's start-up; each trace's text ids go beside it."""
+    BLAS), so that no run pays the process's start-up."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as plan:
         json.dump([list(p) for p in points], plan)
     code = "import sys; from experiments.sim_vs_cpu import _record_plan; _record_plan(sys.argv[1])"
@@ -98,8 +106,14 @@ def record_traces(points: list[tuple]) -> None:
         raise RuntimeError(f"recording traces: {done.stderr.strip()[-400:]}")
 
 
+#: A plan point of this kind times forward passes instead of running generate:
+#: (PASSES, contexts, repeats, output path).
+PASSES = "passes"
+
+
 def _record_plan(plan_path: str) -> None:
-    """record_traces' worker: each point through mirrorstream's own CLI, in this process."""
+    """record_traces' worker: each point through mirrorstream's own CLI (or, a PASSES point,
+    `pass_timings`), in this process."""
     import contextlib
     import io
 
@@ -108,17 +122,19 @@ def _record_plan(plan_path: str) -> None:
     with open(plan_path) as f:
         points = [tuple(p) for p in json.load(f)]
     for point in points:
+        if point[0] == PASSES:
+            Path(point[3]).write_text(json.dumps(pass_timings(point[1], point[2])))
+            continue
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             status = main(_generate_argv(point))
         if status != 0:
             raise SystemExit(f"generate {' '.join(_generate_argv(point))}: exit status {status}")
-        result = json.loads(out.getvalue())
-        Path(point[3]).with_suffix(".ids").write_text(json.dumps(result["prompt_ids"] + result["tokens"]))
 
 
-def pass_timings(point: tuple) -> list[dict]:
-    """Timed passes of each PASS_ROWS over the KV cache of one calibration prompt's text."""
+def pass_timings(contexts: list[int], repeats: int) -> list[dict]:
+    """Timed passes of each PASS_ROWS over a KV cache of each context (the cache of a text of
+    that many tokens: a pass's time does not depend on which)."""
     import numba
     numba.set_num_threads(1)
     import numpy as np
@@ -126,34 +142,55 @@ def pass_timings(point: tuple) -> list[dict]:
     from experiments.calibrate_cpu import time_pass
     from refimpl.checkpoints import load_model
 
-    token_ids, contexts, repeats = point
     model = load_model(_models_dir() / CHECKPOINT)
     rows = []
     for context in contexts:
         cache = model.new_cache()
-        model.forward(np.asarray(token_ids[:context]), np.arange(context), cache)
+        model.forward(np.arange(context) % model.config.vocab_size, np.arange(context), cache)
         for n in PASS_ROWS:
             if context + n <= cache.capacity:
                 rows.append({"n": n, "L": context, "seconds": time_pass(model, cache, n, context, repeats)})
     return rows
 
 
+def kernel_stream_bandwidth(streams: int, seconds: float = 0.5) -> float:
+    """Bytes/s each of `streams` Python threads streams while all run refimpl's one-row matmul
+    over a 64 MiB weight of their own at once, each on one numba thread (as `--overlap` runs the
+    target and the draft): refimpl's kernel alone comes near the memory bus's limit, so two of
+    them contend for it more than two plain read loops do."""
+    import numba
+    import numpy as np
+
+    from hwmodels.cpu import concurrent_rate
+    from refimpl import kernels
+
+    weights = [kernels.pack_linear(np.ones((4096, 4096), np.float32)) for _ in range(streams)]
+    row = np.ones((1, 4096), np.float32)
+    outs = [np.empty((1, kernels.padded_width(4096)), np.float32) for _ in range(streams)]
+
+    def job(weight, out) -> None:
+        numba.set_num_threads(1)      # per Python thread
+        kernels.matmul(row, weight, out)
+    return concurrent_rate([lambda w=w, o=o: job(w, o) for w, o in zip(weights, outs)], weights[0].nbytes, seconds)
+
+
 def machine_rates() -> dict:
     """This CPU's rates on one thread, measured now in a process of single-threaded BLAS (refimpl
-    runs on one thread): the best matrix-vector bandwidth and matmul FLOP/s (`hwmodels.cpu`), and
-    the bytes/s of one stream and of each of two concurrent ones (`measure_stream_bandwidth`),
-    likewise the FLOP/s (`measure_stream_flops`); "contention" (>= 1) = one stream's bandwidth
-    over each of two's (`SimConfig.memory_contention`), "compute_contention" the same of the
-    FLOP/s (`SimConfig.compute_contention`: above 1 where other jobs leave no core free)."""
-    code = ("import json; from hwmodels.cpu import measure_bandwidth, measure_fma_rate, "
-            "measure_stream_bandwidth as m, measure_stream_flops as f; "
+    runs on one thread): the best matrix-vector bandwidth and matmul FLOP/s (`hwmodels.cpu`), the
+    bytes/s of refimpl's kernel as one stream and as each of two concurrent ones
+    (`kernel_stream_bandwidth`), and the FLOP/s of one and each of two concurrent matmuls
+    (`measure_stream_flops`); "contention" (>= 1) = one stream's bandwidth over each of two's
+    (`SimConfig.memory_contention`), "compute_contention" the same of the FLOP/s
+    (`SimConfig.compute_contention`: above 1 where other jobs leave no core free)."""
+    code = ("import json; from hwmodels.cpu import measure_bandwidth, measure_fma_rate, measure_stream_flops as f; "
+            "from experiments.sim_vs_cpu import kernel_stream_bandwidth as m; "
             "print(json.dumps({'bandwidth': measure_bandwidth(), 'fma': measure_fma_rate(), "
             "'one': max(m(1), m(1)), 'two': max(m(2), m(2)), 'one_flops': max(f(1), f(1)), "
             "'two_flops': max(f(2), f(2))}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
                           cwd=Path(__file__).resolve().parents[1],
                           env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-                               "MKL_NUM_THREADS": "1"})
+                               "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"})
     rates = json.loads(done.stdout)
     return {**rates, "contention": max(1.0, rates["one"] / rates["two"]),
             "compute_contention": max(1.0, rates["one_flops"] / rates["two_flops"])}
@@ -170,18 +207,24 @@ def best_of(paths: list[str], out: str) -> str:
         raise ValueError(f"{paths[0]}: the rounds of one run recorded different steps")
     best = [min(steps, key=lambda r: r.wall_s or 0.0) for steps in zip(*(records for _, records in runs))]
     write_trace(out, runs[0][0], best)
-    Path(out).with_suffix(".ids").write_text(Path(paths[0]).with_suffix(".ids").read_text())
     return out
 
 
-def _traces(prompts, methods, new_tokens, folder: Path, repeats: int) -> dict[str, list[str]]:
-    """Each method's best-of-`repeats` traces of the prompts, recorded one run at a time."""
+def _traces(prompts, methods, new_tokens, folder: Path, repeats: int, passes=None) -> dict[str, list[str]]:
+    """Each method's best-of-`repeats` traces of the prompts, recorded one run at a time; with
+    `passes` = (contexts, repeats), each round also times passes (`pass_timings`) into
+    folder/passes-rR.json, so that they share the rounds' machine speed with the runs."""
     folder.mkdir(parents=True, exist_ok=True)
     # one short run of each method first, so that numba's compile time (a cold cache after a
     # change of the kernels) lands in no recorded wall time; then the rounds, interleaved
     plan = [(m, prompts[0], 4, str(folder / f"warm-{_slug(m)}.jsonl")) for m in methods]
-    runs = [(m, i, p) for m in methods for i, p in enumerate(prompts)]
-    plan += [(m, p, new_tokens, str(folder / f"{_slug(m)}-{i}-r{r}.jsonl")) for r in range(repeats) for m, i, p in runs]
+    # prompt by prompt, every method in turn: a slow change of the shared host's speed (tens of
+    # seconds) then reaches every method's rounds alike, not one method's more than another's
+    runs = [(m, i, p) for i, p in enumerate(prompts) for m in methods]
+    for r in range(repeats):
+        plan += [(m, p, new_tokens, str(folder / f"{_slug(m)}-{i}-r{r}.jsonl")) for m, i, p in runs]
+        if passes:
+            plan.append((PASSES, list(passes[0]), passes[1], str(folder / f"passes-r{r}.json")))
     record_traces(plan)
     return {m: [best_of([str(folder / f"{_slug(m)}-{i}-r{r}.jsonl") for r in range(repeats)],
                         str(folder / f"{_slug(m)}-{i}.jsonl")) for i in range(len(prompts))] for m in methods}
@@ -191,29 +234,45 @@ def _slug(method: str) -> str:
     return method.replace(" --", "-")
 
 
-def _calibration_rows(traces: dict[str, list[str]], quick: bool) -> list[dict]:
-    """The fit's points: ar steps, timed passes over the ar traces' texts, lookup steps."""
+def _pass_contexts(quick: bool) -> tuple[tuple[int, ...], int]:
+    """(contexts, repeats) of the calibration's timed passes."""
+    return ((16, 64, 128), 3) if quick else ((16, 48, 96, 144, 192), 7)
+
+
+def _calibration_rows(traces: dict[str, list[str]], folder: Path) -> list[dict]:
+    """The fit's points: ar steps, lookup steps, and the timed passes of every round in
+    `folder` (each (rows, context) at its fastest round)."""
     from refimpl.trace import read_trace
     rows = []
-    for method, paths in traces.items():
-        for path in paths:
+    for method in ("ar", *LOOKUP_RUNS):
+        for path in traces[method]:
             records = read_trace(path)[1]
             if method == "ar":
                 rows += [{"n": r.target_tokens, "L": r.context, "seconds": r.wall_s} for r in records if r.wall_s]
             else:    # the prefill is an ar pass; the decode steps are lookup steps
                 rows += [{"n": r.target_tokens, "L": r.context, "seconds": r.wall_s,
                           "method": "" if r.prefill else "lookup"} for r in records if r.wall_s]
-    contexts = (16, 64, 128) if quick else (16, 48, 96, 144, 192)
-    for path in traces["ar"]:     # one after another, as the traces were recorded
-        ids = _text_ids(path)
-        rows += pass_timings((ids, [c for c in contexts if c < len(ids)], 3 if quick else 7))
-    return rows
+    fastest: dict[tuple, dict] = {}
+    for path in sorted(folder.glob("passes-r*.json")):
+        for row in json.loads(path.read_text()):
+            key = (row["n"], row["L"])
+            if key not in fastest or row["seconds"] < fastest[key]["seconds"]:
+                fastest[key] = row
+    return rows + list(fastest.values())
 
 
-def _text_ids(trace_path: str) -> list[int]:
-    """The prompt and generated ids of a trace's run, from the JSON that generate printed beside it."""
-    with open(Path(trace_path).with_suffix(".ids")) as f:
-        return json.load(f)
+def draft_pass_overhead(calibration: dict[str, list[str]], device, step: float = 1e-4) -> float:
+    """The fixed cost of a head or stream pass (`Device.draft_pass_overhead_s`: refimpl's numpy
+    calls around the heads' or the draft classifier's matmuls), from medusa's calibration runs:
+    the value at which the simulator's medusa-over-ar speedup equals the measured one. A
+    draft pass adds it once, so 1/speedup is linear in it: two replays (0 and `step`) solve it."""
+    from hwmodels.hardware import PARAM_BOUNDS
+
+    measured = _measured_seconds(calibration["ar"]) / _measured_seconds(calibration["medusa"])
+    free, stepped = (_simulated_speedup("medusa", calibration["medusa"], device.with_params(draft_pass_overhead_s=d),
+                                        1) for d in (0.0, step))
+    value = step * (1 / measured - 1 / free) / (1 / stepped - 1 / free)
+    return float(min(max(value, 0.0), PARAM_BOUNDS["draft_pass_overhead_s"][1]))
 
 
 def _fit(rows: list[dict], rates: dict, folder: Path):
@@ -243,7 +302,7 @@ def _fit(rows: list[dict], rates: dict, folder: Path):
     pinned = {k: max(rates[k], quiet[k]) for k in ("bandwidth", "fma")}
     device = pinned_cpu({**pinned, "bandwidth": max(pinned["bandwidth"], 1.5 * shown)})
     fit = calibrate(read_measurements(path), free=[*FREE, *HOST_FREE], leave_one_out=False,
-                    devices={"cpu": device})
+                    devices={"cpu": device}, loss="soft_l1")
     return device.with_params(**fit.params["cpu"]), fit
 
 
@@ -296,8 +355,11 @@ def run(ctx):
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         rates = machine_rates()
-        calibration = _traces(calibration_prompts, list(CALIBRATION_RUNS), new_tokens, folder / "cal", repeats)
-        device, fit = _fit(_calibration_rows(calibration, ctx.quick), rates, folder)
+        calibration = _traces(calibration_prompts, list(CALIBRATION_RUNS), new_tokens, folder / "cal", repeats,
+                              passes=_pass_contexts(ctx.quick))
+        device, fit = _fit(_calibration_rows(calibration, folder / "cal"), rates, folder)
+        launch = draft_pass_overhead(calibration, device)
+        device = device.with_params(draft_pass_overhead_s=launch)
         validation = _traces(validation_prompts, list(METHODS), new_tokens, folder / "val", repeats)
         after = machine_rates()
         contention, compute = after["contention"], after["compute_contention"]
@@ -322,13 +384,16 @@ def run(ctx):
     host = {k: fit.params["cpu"].get(k, 0.0) for k in HOST_FREE}
     blocks = [
         f"`python experiments/sim_vs_cpu.py{' --quick' if ctx.quick else ''}`. {len(calibration_prompts)} "
-        f"calibration prompts (ar and lookup γ = 1, 3 steps, timed passes of {', '.join(map(str, PASS_ROWS))} rows), "
+        f"calibration prompts (ar and lookup γ = 1, 3 steps, timed passes of {', '.join(map(str, PASS_ROWS))} rows "
+        f"in every round, medusa runs for the fixed cost of a draft pass), "
         f"{len(validation_prompts)} other validation prompts × {new_tokens} new tokens per method, greedy, one "
         f"thread (`--overlap`: two); every run recorded alone, each step the best of {repeats} rounds. "
         f"Load average (1 min) {load_before} before, {load_after} after. The fit's largest relative error on "
         f"its own points: {100 * fit_error:.1f} %; host work of a speculative step "
-        f"{1e6 * host['step_overhead_s']:.0f} µs + {1e6 * host['tree_row_overhead_s']:.1f} µs per verified row. "
-        f"Two threads at once, measured after the runs (other jobs' load included): each streams "
+        f"{1e6 * host['step_overhead_s']:.0f} µs + {1e6 * host['tree_row_overhead_s']:.1f} µs per verified row; "
+        f"fixed cost of a head or stream pass (from medusa's calibration runs) {1e6 * launch:.0f} µs. "
+        f"Two threads at once, measured after the runs (other jobs' load included): each of two "
+        f"refimpl one-row matmuls streams "
         f"{after['two'] / 1e9:.1f} GB/s where one alone streams {after['one'] / 1e9:.1f} (memory contention "
         f"×{contention:.2f}) and computes {after['two_flops'] / 1e9:.0f} GFLOP/s where one alone computes "
         f"{after['one_flops'] / 1e9:.0f} (compute contention ×{compute:.2f}).",

@@ -53,6 +53,11 @@ TABLE_METHODS = ("ar", "lookup", "medusa", "eagle", "hydra")
 #: Parameters that are fractions of a datasheet rate: a fit that pins one at 1
 #: wants the device to beat its datasheet, which no measurement can justify.
 EFFICIENCIES = ("compute_efficiency", "memory_efficiency")
+#: LOSSES: "linear" is plain least squares of the relative errors; "soft_l1" (scipy's) counts
+#: a relative error beyond ROBUST_SCALE about linearly, not squared, so that a few points a
+#: shared host's other jobs slowed (tens of %) do not pull the fit off the rest.
+LOSSES = ("linear", "soft_l1")
+ROBUST_SCALE = 0.05
 
 #: How far past 1 an efficiency may want to go (the rounding of published figures) before a fit is refused.
 PHYSICAL_TOLERANCE = 0.02
@@ -297,7 +302,7 @@ def _unpack(x, keys, free, shared):
 
 
 def _fit(problem: _Problem, indices, free, shared, prior_weight: float,
-         efficiency_cap: float = 1.0) -> tuple[dict, list]:
+         efficiency_cap: float = 1.0, loss: str = "linear") -> tuple[dict, list]:
     """(parameters per device, [(device, name)] of efficiencies the fit pins at their upper bound).
 
     efficiency_cap > 1 lets the efficiencies exceed 1, to ask how far the data
@@ -318,7 +323,8 @@ def _fit(problem: _Problem, indices, free, shared, prior_weight: float,
 
     if not names:
         return _unpack(x0, keys, free, shared), []
-    solution = least_squares(residuals, x0, bounds=(lower, upper), x_scale="jac", method="trf")
+    solution = least_squares(residuals, x0, bounds=(lower, upper), x_scale="jac", method="trf", loss=loss,
+                             f_scale=ROBUST_SCALE)
     pinned = [("all devices" if i < len(shared) else owner, name)
               for i, (name, owner, active) in enumerate(zip(names, owners, solution.active_mask))
               if name in EFFICIENCIES and active == 1]
@@ -374,7 +380,7 @@ def _check_enough_points(rows, free, shared) -> None:
                              f"parameter(s) ({', '.join(free)}): need at least {len(free) + 1}")
 
 
-def _check_physical(problem, indices, free, shared, prior_weight, pinned) -> None:
+def _check_physical(problem, indices, free, shared, prior_weight, pinned, loss: str = "linear") -> None:
     """InputError if an efficiency the fit pins at 1 would go beyond 1 + PHYSICAL_TOLERANCE if it could.
 
     A fit whose optimum lies just past 1 (within the rounding of published
@@ -384,7 +390,7 @@ def _check_physical(problem, indices, free, shared, prior_weight, pinned) -> Non
     """
     if not pinned:
         return
-    relaxed, _ = _fit(problem, indices, free, shared, prior_weight, efficiency_cap=4.0)
+    relaxed, _ = _fit(problem, indices, free, shared, prior_weight, efficiency_cap=4.0, loss=loss)
     for device, name in pinned:
         key = next(iter(relaxed)) if device == "all devices" else device
         value = relaxed[key][name]
@@ -395,7 +401,8 @@ def _check_physical(problem, indices, free, shared, prior_weight, pinned) -> Non
 
 
 def calibrate(rows, free=("memory_efficiency", "pass_overhead_s"), shared=(), base="datasheet",
-              leave_one_out: bool = True, prior_weight: float = 0.01, devices=None) -> CalibrationResult:
+              leave_one_out: bool = True, prior_weight: float = 0.01, devices=None,
+              loss: str = "linear") -> CalibrationResult:
     """Fit `free` (per device) and `shared` parameters; leave-one-out refits per point.
 
     base="datasheet" starts from the uncalibrated catalog entries (literature
@@ -407,12 +414,15 @@ def calibrate(rows, free=("memory_efficiency", "pass_overhead_s"), shared=(), ba
     (max(|start|, PRIOR_FLOOR)) costs as much as a relative error of
     prior_weight at one point. `devices` ({key: Device}) gives the starting
     device for some keys explicitly (e.g. a CPU with pinned micro-benchmark rates).
+    `loss` is one of LOSSES ("soft_l1": robust to a few outliers).
 
     InputError when the table has no more points than free parameters (overall,
     or for one device), or when the fit pins an efficiency at 1 (the data want
     the device faster than its datasheet).
     """
     free, shared = check_params(free, "free"), check_params(shared, "shared")
+    if loss not in LOSSES:
+        raise InputError(f"loss: expected one of {', '.join(LOSSES)}, got {loss!r}")
     if set(free) & set(shared):
         raise InputError(f"shared: {sorted(set(free) & set(shared))} cannot be both free and shared")
     given = dict(devices or {})
@@ -430,8 +440,8 @@ def calibrate(rows, free=("memory_efficiency", "pass_overhead_s"), shared=(), ba
     _check_enough_points(rows, free, shared)
     problem = _Problem(rows, devices)
     everything = list(range(len(rows)))
-    params, pinned = _fit(problem, everything, free, shared, prior_weight)
-    _check_physical(problem, everything, free, shared, prior_weight, pinned)
+    params, pinned = _fit(problem, everything, free, shared, prior_weight, loss=loss)
+    _check_physical(problem, everything, free, shared, prior_weight, pinned, loss)
     predicted = problem.predict(params, everything)
     loo = np.full(len(rows), np.nan)
     if leave_one_out:
@@ -439,7 +449,7 @@ def calibrate(rows, free=("memory_efficiency", "pass_overhead_s"), shared=(), ba
             rest = [j for j in everything if j != i]
             if problem.device_of[i] not in {problem.device_of[j] for j in rest}:
                 continue  # no other point for this device: nothing to predict it from
-            loo[i] = problem.predict(_fit(problem, rest, free, shared, prior_weight)[0], [i])[0]
+            loo[i] = problem.predict(_fit(problem, rest, free, shared, prior_weight, loss=loss)[0], [i])[0]
     return CalibrationResult(params={k: {n: float(v) for n, v in p.items()} for k, p in params.items()},
                              rows=rows, predicted=predicted, loo_predicted=loo, free=free, shared=shared)
 

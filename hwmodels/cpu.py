@@ -42,27 +42,17 @@ def measure_bandwidth(side: int = 4096, budget_s: float = 0.3) -> float:
     return matrix.nbytes / _best_seconds(lambda: matrix @ vector, budget_s)
 
 
-def measure_stream_bandwidth(streams: int, side: int = 4096, seconds: float = 0.5) -> float:
-    """Bytes/s each of `streams` threads streams while all run matrix-vector products at once
-    (one matrix each) for `seconds`: the bytes they all moved over the wall time, per thread.
-    With a single-threaded BLAS, what cores sharing one memory bus get each (on a machine
-    shared with other jobs, their share of the cores is in it too: it is a throughput, not a
-    best pass)."""
-    matrices = [np.ones((side, side), dtype=np.float32) for _ in range(streams)]
-    vector = np.ones(side, dtype=np.float32)
-    return _concurrent_rate([lambda m=m: m @ vector for m in matrices], matrices[0].nbytes, seconds)
-
-
 def measure_stream_flops(streams: int, n: int = 512, seconds: float = 0.5) -> float:
-    """fp32 FLOP/s each of `streams` threads computes while all run n x n matmuls at once (as
-    `measure_stream_bandwidth`, for the cores rather than the bus)."""
+    """fp32 FLOP/s each of `streams` threads computes while all run n x n matmuls at once (one
+    pair of matrices each) for `seconds`: with a single-threaded BLAS, what cores get each when
+    other jobs share them (a throughput, not a best pass)."""
     rng = np.random.default_rng(0)
     pairs = [(rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32))
              for _ in range(streams)]
-    return _concurrent_rate([lambda a=a, b=b: a @ b for a, b in pairs], 2 * n ** 3, seconds)
+    return concurrent_rate([lambda a=a, b=b: a @ b for a, b in pairs], 2 * n ** 3, seconds)
 
 
-def _concurrent_rate(jobs, units: float, seconds: float) -> float:
+def concurrent_rate(jobs, units: float, seconds: float) -> float:
     """`units` per call of each job, per second and per job, with every job looping on its own
     thread for `seconds`."""
     import threading

@@ -24,7 +24,8 @@ device field (`Device.step_overhead_s`, ...), fitted to published step times
                       classifier (`vocab` rows: a shortlist, or the vocabulary),
                       + draft_pass_overhead_s; riding in the verification pass
                       (the fused schedule, `alongside` = its rows): what the
-                      extra rows add to those blocks, plus the classifier
+                      extra rows add to those blocks, plus the classifier, a
+                      call of its own after the pass (+ draft_pass_overhead_s)
               eagle   per draft pass: the fusing layer (2h -> h), one decoder
                       block of the target's shape and the target's classifier,
                       over that pass's rows, + draft_pass_overhead_s
@@ -116,7 +117,8 @@ def stream_pass_seconds(shape, device, rows: int, context: int, *, stream_layers
     """Speculative Streaming's drafting: `rows` stream rows through the last `stream_layers`
     blocks, then `logit_rows` of them (default all) through the `vocab`-row draft classifier
     (see the module docstring). alongside=0: a pass of their own (the deferred schedule);
-    alongside=n: rows riding in a verification pass of n rows (the fused schedule)."""
+    alongside=n: rows riding in a verification pass of n rows (the fused schedule). Either way
+    the draft classifier is a call of its own (refimpl's layout): + draft_pass_overhead_s."""
     shape, device = get_model(shape), get_device(device)
     upper = (shape.n_layers - _check_stream_layers(shape, stream_layers), shape.n_layers)
 
@@ -126,7 +128,7 @@ def stream_pass_seconds(shape, device, rows: int, context: int, *, stream_layers
     streams = blocks(alongside + rows) - blocks(alongside) if alongside else blocks(rows)
     h, logits = shape.hidden_size, rows if logit_rows is None else logit_rows
     classifier = matmuls_seconds(device, [(h, _draft_vocab(shape, vocab))], batch * logits, dtype, tp) if logits else 0.0
-    return streams + classifier + (0.0 if alongside else device.draft_pass_overhead_s)
+    return streams + classifier + device.draft_pass_overhead_s
 
 
 def host_seconds(method: str, device, rows: int, batch: int = 1) -> float:

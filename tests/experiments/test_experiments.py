@@ -202,3 +202,54 @@ def _fixed_cpu():
     from hwmodels import get_device
     return dataclasses.replace(get_device("a100-80gb"), key="cpu-like", peak_flops={"fp32": 9e10},
                                memory_bandwidth=3e10, overlap=0.3, dot_overhead_s=3e-9, tp_link=None)
+
+
+def _steps_trace(path, method, params, rows, draft_rows, wall_s, steps=30):
+    """A trace of `steps` decode steps, each committing one token with a pass of `rows` rows."""
+    from refimpl.trace import StepRecord, TraceHeader, write_trace
+    records = [StepRecord(context=0, target_tokens=4, draft_passes=0, draft_tokens_per_pass=0, proposed=0,
+                          accepted=0, emitted=1, prefill=True, wall_s=0.004)]
+    for step in range(steps):
+        records.append(StepRecord(context=4 + step, target_tokens=rows, draft_passes=1 if draft_rows else 0,
+                                  draft_tokens_per_pass=draft_rows, proposed=rows - 1, accepted=0, emitted=1,
+                                  wall_s=wall_s))
+    write_trace(path, TraceHeader(method=method, params=params, target="stories15m", seed=0, prompt_tokens=4),
+                records)
+    return str(path)
+
+
+def test_the_draft_pass_cost_is_what_makes_medusas_replay_match_its_measured_speedup(tmp_path):
+    """Medusa calibration runs whose measured speedup is what the simulator predicts with a
+    200 µs head-pass cost give back 200 µs; runs as fast as a free head pass give 0."""
+    import dataclasses
+
+    from experiments.sim_vs_cpu import _simulated_speedup, draft_pass_overhead
+    device = _fixed_cpu()
+    params = {"gamma": 3, "draft_vocab": 1000}
+    ar = [_steps_trace(tmp_path / "ar.jsonl", "ar", {}, 1, 0, 0.002)]
+    probe = [_steps_trace(tmp_path / "probe.jsonl", "medusa", params, 4, 3, 0.002)]
+    truth = _simulated_speedup("medusa", probe, device.with_params(draft_pass_overhead_s=2e-4), 1)
+    free = _simulated_speedup("medusa", probe, device.with_params(draft_pass_overhead_s=0.0), 1)
+    for speedup, expected in ((truth, 2e-4), (free, 0.0)):
+        # the medusa runs' wall time that gives this measured speedup over the ar runs
+        wall = (0.004 + 30 * 0.002) / speedup
+        medusa = [_steps_trace(tmp_path / "medusa.jsonl", "medusa", params, 4, 3, (wall - 0.004) / 30)]
+        got = draft_pass_overhead({"ar": ar, "medusa": medusa}, dataclasses.replace(device, draft_pass_overhead_s=0.0))
+        assert got == pytest.approx(expected, abs=2e-6)
+
+
+def test_calibration_rows_keep_each_timed_pass_at_its_fastest_round(tmp_path):
+    import json
+
+    from experiments.sim_vs_cpu import LOOKUP_RUNS, _calibration_rows
+    ar = _steps_trace(tmp_path / "ar.jsonl", "ar", {}, 1, 0, 0.002, steps=3)
+    lookup = _steps_trace(tmp_path / "lookup.jsonl", "lookup", {"gamma": 1, "ngram": 2}, 2, 0, 0.0025, steps=3)
+    (tmp_path / "passes-r0.json").write_text(json.dumps([{"n": 4, "L": 16, "seconds": 0.003},
+                                                         {"n": 8, "L": 16, "seconds": 0.004}]))
+    (tmp_path / "passes-r1.json").write_text(json.dumps([{"n": 4, "L": 16, "seconds": 0.0026},
+                                                         {"n": 8, "L": 16, "seconds": 0.005}]))
+    rows = _calibration_rows({"ar": [ar], **{name: [lookup] for name in LOOKUP_RUNS}, "medusa": ["unread"]}, tmp_path)
+    passes = {(r["n"], r["L"]): r["seconds"] for r in rows if "method" not in r and r["L"] == 16 and r["n"] > 1}
+    assert passes == {(4, 16): 0.0026, (8, 16): 0.004}
+    assert sum(1 for r in rows if r.get("method") == "lookup") == 3 * len(LOOKUP_RUNS)
+    assert sum(1 for r in rows if "method" not in r and r["n"] == 1) == 3     # ar's 3 steps (its prefill: 4 rows)

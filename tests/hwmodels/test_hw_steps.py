@@ -135,6 +135,12 @@ def test_refimpl_layouts_of_medusa_and_ss_and_their_bad_arguments():
     full = forward_latency("vicuna-7b", device, 3, 512).seconds
     assert 0 < streams < full
     assert stream_pass_seconds("vicuna-7b", device, 3, 512, stream_layers=8, vocab=500) > streams
+    # fused or deferred, the draft classifier is a call of its own: its launch cost is paid once
+    free, launch = device.with_params(draft_pass_overhead_s=0.0), device.with_params(draft_pass_overhead_s=1e-3)
+    for alongside in (0, 4):
+        args = dict(stream_layers=4, vocab=500, alongside=alongside)
+        assert stream_pass_seconds("vicuna-7b", launch, 3, 512, **args) == pytest.approx(
+            stream_pass_seconds("vicuna-7b", free, 3, 512, **args) + 1e-3)
     parts = step_parts("ss", "vicuna-7b", device, 4, 512, draft_rows=(3,), stream_layers=4, vocab=500)
     assert parts["draft"] == pytest.approx(streams) and parts["host"] == host_seconds("ss", device, 4)
     with pytest.raises(InputError, match="stream_layers"):

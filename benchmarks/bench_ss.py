@@ -72,6 +72,7 @@ def configurations(args, streams, heads, model, extra_streams=()):
         grid = [dict(base, gamma=g) for g in gammas]
         grid += [dict(base, tree_k=k, prune_threshold=t) for k in ks if k > 1 for t in (0.0, args.prune)]
         grid += [dict(base, schedule="fused"), dict(base, schedule="fused", tree_k=max(ks))]
+    grid = [params for i, params in enumerate(grid) if params not in grid[:i]]    # one row each
     for params in grid:
         yield ss_label(streams, params), "ss", dict(params, streams=streams)
     for other in extra_streams:       # each at its own number of streams

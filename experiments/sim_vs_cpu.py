@@ -19,7 +19,9 @@ step: a step that another job's time slice hit in one round is clean in another)
    shipped `cpu-refimpl` calibration, and the host work a speculative step adds
    (`step_overhead_s`, `tree_row_overhead_s`, shared by every method). Medusa's runs then
    give the fixed cost of a head or stream pass (`draft_pass_overhead`: the numpy calls
-   around the heads' and the draft classifier's matmuls), shared by medusa and ss.
+   around the heads' and the draft classifier's matmuls), shared by medusa and ss, and a
+   timing of refimpl's `early_exit` on fixed logits the host cost per logit of Mirror-SD's
+   early-exit candidates (`early_exit_logit_seconds`).
 2. Validation, on other prompts: each method decodes the validation prompts.
    Measured speedup = the summed wall time of `ar`'s traces over the method's.
    Predicted speedup = the simulator's replay of the method's traces on the fitted
@@ -261,6 +263,32 @@ def _calibration_rows(traces: dict[str, list[str]], folder: Path) -> list[dict]:
     return rows + list(fastest.values())
 
 
+def early_exit_logit_seconds(rows: int = 4, kappa: int = 4, repeats: int = 50) -> float:
+    """Host seconds per logit of refimpl's early-exit candidates (`early_exit` of
+    refimpl.decoding.mirror: the float64 copy, top-κ and log-softmax of each row), timed on
+    fixed logits of stories15M's vocabulary (best of `repeats`): what Mirror-SD's early exit
+    costs beyond its classifier pass (`Device.logit_overhead_s`)."""
+    import time
+
+    import numpy as np
+
+    from refimpl.decoding.mirror import early_exit
+
+    vocab = 32000
+    logits = np.random.default_rng(0).standard_normal((rows, vocab)).astype(np.float32)
+
+    class FixedHead:    # early_exit's target: its classifier already applied
+        def head(self, hidden):
+            return logits
+
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        early_exit(FixedHead(), logits, kappa)
+        best = min(best, time.perf_counter() - start)
+    return best / (rows * vocab)
+
+
 def draft_pass_overhead(calibration: dict[str, list[str]], device, step: float = 1e-4) -> float:
     """The fixed cost of a head or stream pass (`Device.draft_pass_overhead_s`: refimpl's numpy
     calls around the heads' or the draft classifier's matmuls), from medusa's calibration runs:
@@ -359,7 +387,8 @@ def run(ctx):
                               passes=_pass_contexts(ctx.quick))
         device, fit = _fit(_calibration_rows(calibration, folder / "cal"), rates, folder)
         launch = draft_pass_overhead(calibration, device)
-        device = device.with_params(draft_pass_overhead_s=launch)
+        per_logit = early_exit_logit_seconds(kappa=int(MIRROR[MIRROR.index("--kappa") + 1]))
+        device = device.with_params(draft_pass_overhead_s=launch, logit_overhead_s=per_logit)
         validation = _traces(validation_prompts, list(METHODS), new_tokens, folder / "val", repeats)
         after = machine_rates()
         contention, compute = after["contention"], after["compute_contention"]
@@ -391,7 +420,9 @@ def run(ctx):
         f"Load average (1 min) {load_before} before, {load_after} after. The fit's largest relative error on "
         f"its own points: {100 * fit_error:.1f} %; host work of a speculative step "
         f"{1e6 * host['step_overhead_s']:.0f} µs + {1e6 * host['tree_row_overhead_s']:.1f} µs per verified row; "
-        f"fixed cost of a head or stream pass (from medusa's calibration runs) {1e6 * launch:.0f} µs. "
+        f"fixed cost of a head or stream pass (from medusa's calibration runs) {1e6 * launch:.0f} µs; "
+        f"Mirror-SD's early-exit candidates on the host (refimpl's `early_exit`, timed) {1e9 * per_logit:.2f} ns "
+        f"per logit ({1e3 * per_logit * 4 * 32000:.2f} ms for a 4-row window). "
         f"Two threads at once, measured after the runs (other jobs' load included): each of two "
         f"refimpl one-row matmuls streams "
         f"{after['two'] / 1e9:.1f} GB/s where one alone streams {after['one'] / 1e9:.1f} (memory contention "

@@ -35,12 +35,13 @@ PARAM_BOUNDS = {
     "step_overhead_s": (0.0, 1.0),
     "tree_row_overhead_s": (0.0, 0.01),
     "draft_pass_overhead_s": (0.0, 1.0),
+    "logit_overhead_s": (0.0, 1e-6),
     "link_alpha_s": (0.0, 0.1),
     "link_beta_s_per_byte": (1e-14, 1e-6),
 }
 
 #: The fixed times a speculative step adds (hwmodels.steps), all 0 unless calibrated.
-STEP_FIELDS = ("step_overhead_s", "tree_row_overhead_s", "draft_pass_overhead_s")
+STEP_FIELDS = ("step_overhead_s", "tree_row_overhead_s", "draft_pass_overhead_s", "logit_overhead_s")
 
 
 def blocked_rows(rows: int, row_block: int) -> int:
@@ -123,6 +124,7 @@ class Device:
     step_overhead_s: float = 0.0        # host work per speculative step beyond an AR step's
     tree_row_overhead_s: float = 0.0    # per verified row: tree mask, candidate gather, cache compaction
     draft_pass_overhead_s: float = 0.0  # launch cost of one draft/head pass (a small forward of its own)
+    logit_overhead_s: float = 0.0       # per logit the host scans for Mirror-SD's early-exit candidates
     # Rows per matmul block: a matmul over two or more rows computes them in blocks of this many
     # (the last one filled up: its spare rows cost what real ones do); a single row runs a
     # matrix-vector loop of its own. 1 (the default) is a roofline with no blocking.

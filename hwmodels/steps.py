@@ -38,7 +38,9 @@ device field (`Device.step_overhead_s`, ...), fitted to published step times
     host      step_overhead_s (the host work a speculative step adds over an
               autoregressive step: building candidates, sampling and verifying,
               updating the cache) + tree_row_overhead_s x rows (per verified row:
-              tree mask, candidate gather, KV-cache compaction)
+              tree mask, candidate gather, KV-cache compaction); Mirror-SD also
+              pays logit_overhead_s per logit of its early exit's top-κ and
+              log-softmax (rows x vocabulary; 0 where the device fuses them)
 
 Autoregressive decoding pays `verify` with one row and nothing else; its own
 host work (sampling one token, the Python loop) is in the device's
@@ -131,12 +133,15 @@ def stream_pass_seconds(shape, device, rows: int, context: int, *, stream_layers
     return streams + classifier + device.draft_pass_overhead_s
 
 
-def host_seconds(method: str, device, rows: int, batch: int = 1) -> float:
-    """Host work a step of `method` adds over an autoregressive step (0 for ar)."""
-    if _check_method(method) == "ar":
+def host_seconds(method: str, device, rows: int, batch: int = 1, vocab: int = 0) -> float:
+    """Host work a step of `method` adds over an autoregressive step (0 for ar). Mirror-SD's
+    adds its early exit's candidates: the top-κ and log-softmax of each of the `rows` over
+    the `vocab` logits (logit_overhead_s per logit)."""
+    if method != "mirror" and _check_method(method) == "ar":
         return 0.0
     device = get_device(device)
-    return device.step_overhead_s + device.tree_row_overhead_s * rows * batch
+    candidates = device.logit_overhead_s * rows * vocab * batch if method == "mirror" else 0.0
+    return device.step_overhead_s + device.tree_row_overhead_s * rows * batch + candidates
 
 
 def step_parts(method: str, shape, device, rows: int, context: int, *, draft_rows=(), heads: int = MEDUSA_HEADS,

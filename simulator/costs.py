@@ -176,7 +176,8 @@ class HardwareCosts:
         """Host work of one step of `method` beyond an autoregressive step's (0 for ar)."""
         group = self.config.target
         return self._memo(("host", method, step.rows, step.batch), lambda: self._hw.host_seconds(
-            method, self.target_device, step.rows, math.ceil(step.batch / group.replicas)))
+            method, self.target_device, step.rows, math.ceil(step.batch / group.replicas),
+            vocab=self.target_shape.vocab_size))
 
     def _message(self, nbytes: int) -> float:
         return self._memo(("link", nbytes), lambda: self._hw.link_latency(self.link, nbytes))

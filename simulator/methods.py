@@ -87,7 +87,8 @@ hydra = _with_heads("hydra")
 def mirror(sim: Simulation, steps, costs):
     """Mirror-SD: draft rollouts overlap the target's suffix layers between two rendezvous.
 
-    Per decode step: target layers 1..ℓe, rendezvous 1 (top-κ ids + log-probs to
+    Per decode step: target layers 1..ℓe, the step's host work (the early exit's top-κ
+    and log-probs, verification's bookkeeping), rendezvous 1 (top-κ ids + log-probs to
     the draft), then concurrently the target's layers ℓe+1..N and the draft's
     branch rollouts, then rendezvous 2 ((A, c) back to the draft). If the
     correction was covered the next window is ready; otherwise (fallback) a fresh
@@ -106,6 +107,7 @@ def mirror(sim: Simulation, steps, costs):
             yield from sim.serial(("draft", "fallback_draft", _draft_seconds(costs, step)))
         yield from sim.serial(("target", "target_prefix", costs.target(step.rows, step.context, step.batch,
                                                                        part="prefix")),
+                              *_host(costs, "mirror", step),
                               ("link", "rendezvous", costs.early_exit_message(step)))
         suffix, rollout_seconds = costs.side_by_side(step, step.branches)
         rollout = env.process(sim.background("draft", "draft", rollout_seconds))

@@ -62,6 +62,11 @@ def test_host_work_and_bad_methods():
     assert host_seconds("ar", device, 64) == 0.0
     assert host_seconds("medusa", device, 64, batch=2) == pytest.approx(
         device.step_overhead_s + 128 * device.tree_row_overhead_s)
+    # Mirror-SD also scans its early exit's logits on the host: rows x vocabulary of them
+    scanning = device.with_params(logit_overhead_s=4e-9)
+    assert host_seconds("mirror", scanning, 4, vocab=32000) == pytest.approx(
+        host_seconds("medusa", scanning, 4) + 4 * 32000 * 4e-9)
+    assert host_seconds("medusa", scanning, 4, vocab=32000) == host_seconds("medusa", device, 4)
     with pytest.raises(InputError, match="unknown 'beam'"):
         step_parts("beam", "vicuna-7b", device, 4, 0)
     with pytest.raises(InputError, match="has no head passes"):

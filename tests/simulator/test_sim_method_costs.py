@@ -41,7 +41,7 @@ def test_tree_steps_cost_what_published_implementations_spend():
 def test_host_work_is_paid_by_every_speculative_step_and_not_by_ar():
     base = ConstantCosts(0.003, 0.004, 0.0005, heads_pass=2e-4)
     host = ConstantCosts(0.003, 0.004, 0.0005, heads_pass=2e-4, host_step=1e-3)
-    methods = ["sd", "medusa", "eagle", "hydra", "lookup"]
+    methods = ["sd", "medusa", "eagle", "hydra", "lookup", "mirror"]
     a = simulate(_workload(prefill=True), SimConfig(gamma=4), methods, costs=base)
     b = simulate(_workload(prefill=True), SimConfig(gamma=4), methods, costs=host)
     assert b["ar"].seconds == a["ar"].seconds

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from .hardware import Device
+from .hardware import STEP_FIELDS, Device
 
 DEFAULTS_SOURCE = "assumption: CPU defaults before calibration against refimpl"
 CPU_CALIBRATION = "cpu-refimpl"  # the default calibration of `cpu`, when shipped
@@ -128,6 +128,7 @@ def cpu_device() -> Device:
                  "memory_efficiency": DEFAULTS_SOURCE, "overlap": DEFAULTS_SOURCE,
                  "pass_overhead_s": DEFAULTS_SOURCE, "layer_overhead_s": DEFAULTS_SOURCE,
                  "dot_overhead_s": DEFAULTS_SOURCE, "score_overhead_s": DEFAULTS_SOURCE,
-                 "memory_usable_fraction": DEFAULTS_SOURCE},
+                 "memory_usable_fraction": DEFAULTS_SOURCE, "row_block": DEFAULTS_SOURCE,
+                 **{name: DEFAULTS_SOURCE for name in STEP_FIELDS}},
         aliases=("this-cpu", "host-cpu"),
     )

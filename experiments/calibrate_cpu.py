@@ -51,7 +51,7 @@ from tabulate import tabulate
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hwmodels.calibration import calibrate, measurements_path, read_measurements
-from hwmodels.cpu import cpu_device, measure_bandwidth, measure_fma_rate
+from hwmodels.cpu import best_seconds, cpu_device, measure_bandwidth, measure_fma_rate
 from hwmodels.paths import DATA_DIR
 
 CHECKPOINTS = Path(__file__).resolve().parents[1].parent / "shared" / "checkpoints"
@@ -89,30 +89,20 @@ def time_pass(model, cache, n: int, context: int, repeats: int, min_total_s: flo
     return best
 
 
-def kernel_rates(repeats: int = 20) -> dict:
+def kernel_rates(budget_s: float = 0.2) -> dict:
     """refimpl's matmul kernel at its best: the bytes/s of one row over a 64 MiB weight (read
     from memory once) and the fp32 FLOP/s of 64 rows over a cache-resident 768 x 288 weight
     (2 FLOP per multiply-add)."""
     from refimpl import kernels
 
-    def best(fn):
-        fn()
-        return min(_timed(fn) for _ in range(repeats))
-
     rng = np.random.default_rng(0)
     big = kernels.pack_linear(rng.standard_normal((4096, 4096), dtype=np.float32))
     row, out = np.ones((1, 4096), np.float32), np.empty((1, kernels.padded_width(4096)), np.float32)
-    bandwidth = big.nbytes / best(lambda: kernels.matmul(row, big, out))
+    bandwidth = big.nbytes / best_seconds(lambda: kernels.matmul(row, big, out), budget_s)
     small = kernels.pack_linear(rng.standard_normal((768, 288), dtype=np.float32))
     rows, outs = np.ones((64, 288), np.float32), np.empty((64, kernels.padded_width(768)), np.float32)
-    flops = 2 * 64 * 768 * 288 / best(lambda: kernels.matmul(rows, small, outs))
+    flops = 2 * 64 * 768 * 288 / best_seconds(lambda: kernels.matmul(rows, small, outs), budget_s)
     return {"bandwidth": bandwidth, "fma": flops}
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def best_rates() -> dict:

@@ -48,6 +48,7 @@ from pathlib import Path
 
 TITLE = "Simulator vs measurement on this CPU (stories15M, one thread)"
 CHECKPOINT = "stories15M/stories15M.bin"
+VOCAB = 32000    # stories15M's
 CALIBRATION_PROMPTS = ["Once upon a time", "The little dog", "Tom and his sister", "A long time ago, a king"]
 VALIDATION_PROMPTS = ["Lily wanted to", "One day, a bird", "The sun was hot and", "Sam found a big box",
                       "There was a girl named", "In the park, the children"]
@@ -263,30 +264,23 @@ def _calibration_rows(traces: dict[str, list[str]], folder: Path) -> list[dict]:
     return rows + list(fastest.values())
 
 
-def early_exit_logit_seconds(rows: int = 4, kappa: int = 4, repeats: int = 50) -> float:
+def early_exit_logit_seconds(rows: int = 4, kappa: int = 4) -> float:
     """Host seconds per logit of refimpl's early-exit candidates (`early_exit` of
     refimpl.decoding.mirror: the float64 copy, top-κ and log-softmax of each row), timed on
-    fixed logits of stories15M's vocabulary (best of `repeats`): what Mirror-SD's early exit
+    fixed logits of stories15M's vocabulary (the best call): what Mirror-SD's early exit
     costs beyond its classifier pass (`Device.logit_overhead_s`)."""
-    import time
-
     import numpy as np
 
+    from hwmodels.cpu import best_seconds
     from refimpl.decoding.mirror import early_exit
 
-    vocab = 32000
-    logits = np.random.default_rng(0).standard_normal((rows, vocab)).astype(np.float32)
+    logits = np.random.default_rng(0).standard_normal((rows, VOCAB)).astype(np.float32)
 
     class FixedHead:    # early_exit's target: its classifier already applied
         def head(self, hidden):
             return logits
 
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        early_exit(FixedHead(), logits, kappa)
-        best = min(best, time.perf_counter() - start)
-    return best / (rows * vocab)
+    return best_seconds(lambda: early_exit(FixedHead(), logits, kappa), 0.05) / (rows * VOCAB)
 
 
 def draft_pass_overhead(calibration: dict[str, list[str]], device, step: float = 1e-4) -> float:
@@ -422,7 +416,7 @@ def run(ctx):
         f"{1e6 * host['step_overhead_s']:.0f} µs + {1e6 * host['tree_row_overhead_s']:.1f} µs per verified row; "
         f"fixed cost of a head or stream pass (from medusa's calibration runs) {1e6 * launch:.0f} µs; "
         f"Mirror-SD's early-exit candidates on the host (refimpl's `early_exit`, timed) {1e9 * per_logit:.2f} ns "
-        f"per logit ({1e3 * per_logit * 4 * 32000:.2f} ms for a 4-row window). "
+        f"per logit ({1e3 * per_logit * 4 * VOCAB:.2f} ms for a 4-row window). "
         f"Two threads at once, measured after the runs (other jobs' load included): each of two "
         f"refimpl one-row matmuls streams "
         f"{after['two'] / 1e9:.1f} GB/s where one alone streams {after['one'] / 1e9:.1f} (memory contention "

@@ -23,7 +23,7 @@ DEFAULTS_SOURCE = "assumption: CPU defaults before calibration against refimpl"
 CPU_CALIBRATION = "cpu-refimpl"  # the default calibration of `cpu`, when shipped
 
 
-def _best_seconds(fn, budget_s: float, min_repeats: int = 5) -> float:
+def best_seconds(fn, budget_s: float, min_repeats: int = 5) -> float:
     """Best time of fn() over at least `min_repeats` calls and about `budget_s` seconds."""
     best, spent, calls = float("inf"), 0.0, 0
     while calls < min_repeats or spent < budget_s:
@@ -39,7 +39,7 @@ def measure_bandwidth(side: int = 4096, budget_s: float = 0.3) -> float:
     matrix = np.ones((side, side), dtype=np.float32)
     vector = np.ones(side, dtype=np.float32)
     matrix @ vector
-    return matrix.nbytes / _best_seconds(lambda: matrix @ vector, budget_s)
+    return matrix.nbytes / best_seconds(lambda: matrix @ vector, budget_s)
 
 
 def measure_stream_flops(streams: int, n: int = 512, seconds: float = 0.5) -> float:
@@ -85,7 +85,7 @@ def measure_fma_rate(n: int = 512, budget_s: float = 0.25) -> float:
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     a @ b
-    return 2 * n ** 3 / _best_seconds(lambda: a @ b, budget_s)
+    return 2 * n ** 3 / best_seconds(lambda: a @ b, budget_s)
 
 
 def _memory_capacity() -> float:
